@@ -1,0 +1,30 @@
+# One-command setup on a fresh machine. `make demo` runs the offline demo, `make test` the test suite.
+# TORCH picks the PyTorch build: the default installs 2.13.0 (a CPU build here); a GPU user who already has a
+# CUDA torch in .venv keeps it, or may ask for another: make demo TORCH="torch==2.13.0 --index-url ..."
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install clean
+
+$(BIN)/rlhflab: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/rlhflab
+
+demo: install
+	$(BIN)/rlhflab demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Pure-math algorithm pieces: reward shaping, advantage estimators (``advantages``) and losses."""

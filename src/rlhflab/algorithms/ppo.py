@@ -1,0 +1,95 @@
+"""PPO glue: per-token rewards → advantages, and the loss of one micro-batch. The math lives in
+:mod:`rlhflab.algorithms.advantages`, :mod:`rlhflab.algorithms.losses` and :mod:`rlhflab.ops`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from rlhflab.algorithms.advantages import gae, sequence_advantages, token_rewards
+from rlhflab.algorithms.losses import explained_variance, ppo_policy_loss, value_loss
+from rlhflab.config import Config
+from rlhflab.models.roles import Roles
+from rlhflab.ops import masked_mean, masked_whiten
+from rlhflab.rollout import Rollout, response_logprobs
+
+
+def value_mask(rollout: Rollout, granularity: str) -> torch.Tensor:
+    """The mask that goes with ``rollout.values``: response tokens, or one True per row for a sequence critic."""
+    if granularity == "sequence":
+        return torch.ones_like(rollout.response_mask[:, :1])  # (B, 1)
+    return rollout.response_mask  # (B, T)
+
+
+def ppo_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rollout, dict[str, float]]:
+    """Per-token rewards r_t = −β·k1_t (+ score at the last kept token), then GAE (token critic) or
+    A = R − V with R = Σ_t r_t (sequence critic); advantages are whitened over valid tokens."""
+    a, mask = cfg.algorithm, rollout.response_mask
+    rewards, kl = token_rewards(
+        rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, kl_coef
+    )  # (B, T)
+    if cfg.critic.granularity == "sequence":
+        returns = rewards.sum(dim=1, keepdim=True)  # (B, 1) = score − β Σ_t KL_t
+        advantages = sequence_advantages(returns, rollout.values)  # (B, 1)
+    else:
+        advantages, returns = gae(rewards, rollout.values, mask, a.gamma, a.gae_lambda)  # (B, T)
+    vmask = value_mask(rollout, cfg.critic.granularity)
+    if a.whiten_advantages:
+        advantages = masked_whiten(advantages, vmask)
+    stats = {
+        "val/explained_variance": explained_variance(rollout.values, returns, vmask).item(),
+        "val/mean": masked_mean(rollout.values, vmask).item(),
+        "returns/mean": masked_mean(returns, vmask).item(),
+    }
+    return replace(rollout, advantages=advantages, returns=returns), stats
+
+
+def ppo_micro_step(
+    roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int
+) -> dict[str, torch.Tensor]:
+    """Policy loss and value loss of one micro-batch, each backpropagated right away (normalised by the whole
+    minibatch's token / sequence counts, so accumulation equals one big batch). Returns detached stats."""
+    a = cfg.algorithm
+    mask = micro.response_mask
+    logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
+    advantages = (
+        micro.advantages if micro.advantages.shape[1] > 1 else micro.advantages[:, 0]
+    )  # (b, T) | (b,)
+    policy_loss, policy_stats = ppo_policy_loss(
+        logprobs,
+        micro.logprobs,
+        advantages,
+        mask,
+        a.clip_eps,
+        agg=a.loss_agg,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        max_len=max_len,
+    )
+    policy_loss.backward()
+
+    vmask = value_mask(micro, cfg.critic.granularity)
+    values = roles.values(micro, cfg.critic.granularity)  # (b, T) | (b, 1)
+    value_tokens = num_tokens if cfg.critic.granularity == "token" else num_seqs
+    loss_v, value_stats = value_loss(
+        values,
+        micro.values,
+        micro.returns,
+        vmask,
+        a.clip_eps_value,
+        agg=a.loss_agg,
+        num_tokens=value_tokens,
+        num_seqs=num_seqs,
+        max_len=vmask.shape[1],
+    )
+    (a.vf_coef * loss_v).backward()
+    return {
+        "loss/policy": policy_loss.detach(),
+        "loss/value": loss_v.detach(),
+        "policy/approxkl": policy_stats["approxkl"],
+        "policy/clipfrac": policy_stats["clipfrac"],
+        "policy/ratio": policy_stats["ratio"],
+        "val/clipfrac": value_stats["clipfrac"],
+    }

@@ -1,0 +1,173 @@
+"""Command line: ``rlhflab demo | sft | train | eval | compare | bench``. User mistakes print one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rlhflab.errors import UserError
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<date>-<time>)")
+    p.add_argument("--steps", type=int, help="optimisation steps (overrides train.steps)")
+    p.add_argument("--seed", type=int, help="the one seed for data order, sampling and initialisation")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhflab",
+        description="Reinforcement learning from a reward signal (PPO with critic + GAE) for causal LMs.",
+        epilog="Start with `rlhflab demo`: it builds a tiny offline model and teaches it to write positive reviews.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="offline demo on CPU: build the tiny model, train PPO, show before/after",
+                       description="Build (or reuse) the offline demo assets under $RLHFLAB_HOME, train the demo-ppo "
+                       "preset with the VADER sentiment judge as reward, and print a before/after table.")
+    _add_run_options(p)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning (the demo model by default)",
+                       description="Without arguments: build (or reuse) the demo model, whose last stage is SFT "
+                       "on the synthetic review corpus. With --model and --data: fine-tune that model on a "
+                       "text/JSONL file.")
+    p.add_argument("--model", help="hub id or local directory of the model to fine-tune")
+    p.add_argument("--data", help="text file (one document per line) or JSONL ('text' field) to train on")
+    p.add_argument("--output-dir", help="where the fine-tuned model is saved")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    p.add_argument("--rebuild", action="store_true", help="demo only: rebuild the demo assets from scratch")
+
+    p = sub.add_parser("train", help="train a policy with PPO from a preset or a config file",
+                       description="Train with a preset (--preset NAME) or a YAML file (--config FILE); "
+                       "--set overrides any key. See --help-config for every key.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="a preset name (see --list-presets)")
+    source.add_argument("--config", help="a YAML config file")
+    _add_run_options(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    p.add_argument("--help-config", action="store_true", help="print every config key with its default and meaning")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p = sub.add_parser("eval", help="evaluate a run: starting model vs trained policy on held-out prompts")
+    p.add_argument("--run", required=True, help="a run directory written by `rlhflab train`")
+
+    p = sub.add_parser("compare", help="PPO vs RLOO vs GRPO at an equal sample budget (not yet available)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("bench", help="speed and memory benchmark of the role layouts (not yet available)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _config_from_args(args, preset: str | None):
+    from rlhflab.config import build_config
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = build_config(preset=preset, config_file=getattr(args, "config", None), overrides=overrides)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if not cfg.output_dir:
+        name = cfg.preset or (Path(args.config).stem if getattr(args, "config", None) else "run")
+        cfg.output_dir = str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from rlhflab import config as config_module
+
+    if args.list_presets:
+        print("\n".join(config_module.preset_names()))
+        return 0
+    if args.help_config:
+        print("Config keys (set them in a YAML file or with --set key=value):")
+        print("\n".join(config_module.describe_fields()))
+        return 0
+    if args.resume:
+        raise UserError("--resume: exact resume arrives with the checkpoint issue (#7); not available yet")
+    if not args.preset and not args.config:
+        raise UserError("give --preset NAME or --config FILE (presets: "
+                        + ", ".join(config_module.preset_names()) + ")")
+    cfg = _config_from_args(args, args.preset)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config_module.to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from rlhflab.train import train
+
+    train(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from rlhflab.models.tiny import ensure_demo_assets
+
+    print("rlhflab demo: teach a tiny review-writing model (trained here, offline) to continue movie-review\n"
+          "openings positively, rewarded by the VADER sentiment lexicon, with a KL penalty to the starting model.\n")
+    ensure_demo_assets()
+    cfg = _config_from_args(args, "demo-ppo")
+    print(f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "
+          f"(run directory: {cfg.output_dir})")
+    from rlhflab.train import train
+
+    run_dir = train(cfg, overwrite=args.overwrite)
+    print(f"\ndone. Everything is in {run_dir}: config.yaml, metrics.jsonl, final/ (LoRA adapter), eval/.")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from rlhflab.models.tiny import ensure_demo_assets
+
+    if not args.model and not args.data:
+        assets = ensure_demo_assets(rebuild=args.rebuild) if args.rebuild else ensure_demo_assets()
+        print(f"demo model ready in {assets.model_dir}")
+        return 0
+    if not (args.model and args.data and args.output_dir):
+        raise UserError("sft: give --model, --data and --output-dir together (or none of them for the demo model)")
+    from rlhflab.data.prompts import read_prompts
+    from rlhflab.sft import SFTConfig, run_sft
+
+    texts = read_prompts(args.data, "--data")
+    cfg = SFTConfig(lr=args.lr, epochs=args.epochs)
+    if args.lora:
+        cfg.lora = {}
+    run_sft(args.model, texts, Path(args.output_dir), cfg)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rlhflab.evaluate import eval_command
+
+    eval_command(Path(args.run))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "demo": cmd_demo, "sft": cmd_sft, "eval": cmd_eval}
+    try:
+        if args.command in ("compare", "bench"):
+            issue = {"compare": "#5 (RLOO, GRPO and compare)", "bench": "#9 (performance benchmark)"}[args.command]
+            raise UserError(f"`rlhflab {args.command}` is not available yet: it arrives with issue {issue}")
+        return handlers[args.command](args)
+    except UserError as err:
+        print(f"rlhflab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

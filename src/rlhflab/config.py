@@ -1,0 +1,441 @@
+"""Configuration: one dataclass per concern, YAML presets, ``--set`` overrides and validation.
+
+Every field has a one-line docstring (the string right below it), which ``rlhflab train --help-config`` prints.
+Unknown keys, malformed values and failed cross-field checks raise :class:`UserError` with one line that names
+the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlhflab.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "demo"
+    """Policy base model: a hub id, a local directory, or 'demo' for the offline demo model (built on first use)."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 on a capable GPU, else fp32), fp32, bf16 or fp16."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from the hub. Off unless you trust the repository."""
+    roles: Literal["shared", "separate"] = "shared"
+    """shared: one base for policy (LoRA), critic (LoRA + head) and reference (adapters off); separate: copies."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    """LoRA rank of the policy adapter."""
+    alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = 0.05
+    """LoRA dropout; only active when train.dropout is true (PPO's step-0 invariants need it off)."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases the adapter trains."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    )
+    """Module names that receive LoRA (GPT-NeoX names by default)."""
+
+
+@dataclass
+class CriticConfig:
+    granularity: Literal["token", "sequence"] = "token"
+    """token: a value per response token + GAE; sequence: one value per sequence, advantage = R - V."""
+    r: int = 16
+    """LoRA rank of the critic adapter."""
+    alpha: int = 32
+    """LoRA alpha of the critic adapter."""
+    target_modules: list[str] = field(default_factory=lambda: ["query_key_value"])
+    """Module names that receive the critic's LoRA."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["demo", "file"] = "demo"
+    """Where training prompts come from: demo (the offline corpus) or file (data.prompts_file)."""
+    prompts_file: str | None = None
+    """Local text (one prompt per line) or JSONL file (a 'prompt' field per line) of training prompts."""
+    eval_prompts_file: str | None = None
+    """Held-out evaluation prompts (same formats); defaults to the demo's held-out openings."""
+    max_prompt_tokens: int = 32
+    """Prompts longer than this are cut (from the left, keeping their end)."""
+
+
+@dataclass
+class RewardComponent:
+    name: str = "vader"
+    """Name logged as reward/<name>."""
+    kind: Literal["lexicon"] = "lexicon"
+    """lexicon: VADER compound score in [-1, 1]."""
+    weight: float = 1.0
+    """Weight of this component in the summed score."""
+    input: Literal["completion", "prompt_completion"] = "completion"
+    """Judge the completion alone or the prompt followed by the completion."""
+
+
+@dataclass
+class RewardConfig:
+    components: list[RewardComponent] = field(default_factory=lambda: [RewardComponent()])
+    """Weighted sum of reward components; each is logged as reward/<name>."""
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = 32
+    """Completions sampled per optimisation step (prompts per step x samples_per_prompt)."""
+    samples_per_prompt: int = 1
+    """k completions per prompt (1 for PPO; >= 2 for RLOO and GRPO)."""
+    max_new_tokens: int = 32
+    """Longest completion, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; the same temperature scales the logits when scoring (same distribution)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off; RL should sample the full distribution)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    name: Literal["ppo"] = "ppo"
+    """ppo: clipped surrogate + learned critic + GAE."""
+    ppo_epochs: int = 4
+    """Passes (K) over each rollout batch."""
+    num_minibatches: int = 1
+    """Minibatches (M) per epoch; one optimiser step each."""
+    clip_eps: float = 0.2
+    """Policy ratio clip range epsilon."""
+    clip_eps_value: float = 0.2
+    """Value clip range around the rollout-time values."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    gamma: float = 1.0
+    """Discount over tokens."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    kl_coef: float = 0.05
+    """beta: per-token k1 KL penalty folded into the reward, r_t = -beta (logp - ref_logp)."""
+    kl_target: float | None = None
+    """Adaptive KL controller target (summed KL per sequence); null = fixed kl_coef."""
+    kl_horizon: int = 10000
+    """Adaptive controller horizon, in samples (Ziegler et al. 2019)."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the valid tokens of the batch."""
+    loss_agg: Literal["token_mean", "seq_mean", "seq_sum_constant"] = "token_mean"
+    """How per-token losses become one number."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 40
+    """Optimisation steps, each on a fresh rollout batch."""
+    lr: float = 3e-5
+    """Peak learning rate (AdamW)."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: float = 0.1
+    """Share of optimiser updates spent warming up linearly."""
+    micro_batch_size: int = 8
+    """Rows per forward/backward; gradients accumulate over the minibatch (exactly like one big batch)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip over all trained parameters."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    dropout: bool = False
+    """Keep dropout (LoRA dropout included) on during RL; off by default so step 0 has ratio = 1, KL = 0."""
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    """Evaluate the starting and trained model on the held-out prompts at the end of training."""
+    max_prompts: int = 64
+    """At most this many held-out prompts."""
+    samples_per_prompt: int = 1
+    """Completions per held-out prompt."""
+    positive_threshold: float = 0.05
+    """A completion counts as positive when its score exceeds this."""
+
+
+@dataclass
+class TrackingConfig:
+    progress: bool = True
+    """Show a progress bar with live score and KL."""
+    wandb: bool = False
+    """Log to Weights & Biases (set WANDB_MODE=offline to run without network)."""
+    tensorboard: bool = False
+    """Write TensorBoard event files under the run directory."""
+    project: str = "rlhflab"
+    """W&B project name."""
+    run_name: str | None = None
+    """Run name for trackers; defaults to the run directory's name."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Steps between checkpoints (0 = only the final one)."""
+    keep: int = 2
+    """How many step checkpoints to keep."""
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    """The one seed that controls data order, sampling and initialisation."""
+    output_dir: str | None = None
+    """Run directory; defaults to runs/<preset>-<time>."""
+    preset: str | None = None
+    """Name of the preset this config started from (informational)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the harmless cases (int → float, '3e-5' → float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise UserError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys and bad values raise :class:`UserError`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise UserError(f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(names)}")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# presets, files, overrides
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("rlhflab.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{source}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of config sections at the top level")
+    return data
+
+
+def load_preset_dict(name: str) -> dict:
+    names = preset_names()
+    if name not in names:
+        raise UserError(f"unknown preset {name!r}; available presets: {', '.join(names)}")
+    text = resources.files("rlhflab.presets").joinpath(f"{name}.yaml").read_text()
+    data = _read_yaml(text, f"preset {name}")
+    data.setdefault("preset", name)
+    return data
+
+
+def load_file_dict(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config: file {path!r} does not exist")
+    return _read_yaml(p.read_text(), path)
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` to a nested dict; the value is parsed as YAML (so 'true', '3', 'null')."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected dotted.key=value, e.g. --set train.lr=1e-5")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"--set {assignment!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """Preset or file, then overrides, then validation: the one way a Config is made from user input."""
+    if preset and config_file:
+        raise UserError("give either --preset or --config, not both")
+    data = load_preset_dict(preset) if preset else load_file_dict(config_file) if config_file else {}
+    for assignment in overrides:
+        apply_override(data, assignment)
+    cfg = from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_config(path: Path) -> Config:
+    cfg = from_dict(Config, load_file_dict(str(path)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each failure names the keys involved."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    r, t, a = cfg.rollout, cfg.train, cfg.algorithm
+    for key, value in [("rollout.batch_size", r.batch_size), ("rollout.samples_per_prompt", r.samples_per_prompt),
+                       ("rollout.max_new_tokens", r.max_new_tokens), ("train.steps", t.steps),
+                       ("train.micro_batch_size", t.micro_batch_size), ("algorithm.ppo_epochs", a.ppo_epochs),
+                       ("algorithm.num_minibatches", a.num_minibatches), ("lora.r", cfg.lora.r),
+                       ("critic.r", cfg.critic.r), ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
+                       ("eval.max_prompts", cfg.eval.max_prompts)]:
+        need(value > 0, f"{key}: must be a positive integer, got {value}")
+    for key, value in [("train.lr", t.lr), ("rollout.temperature", r.temperature), ("rollout.top_p", r.top_p),
+                       ("algorithm.clip_eps", a.clip_eps), ("algorithm.clip_eps_value", a.clip_eps_value)]:
+        need(value > 0, f"{key}: must be > 0, got {value}")
+    need(r.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {r.top_p}")
+    need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
+    need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    need(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
+    need(0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1,
+         f"algorithm.gamma / algorithm.gae_lambda: must be in [0, 1], got {a.gamma} / {a.gae_lambda}")
+    need(r.batch_size % r.samples_per_prompt == 0,
+         f"rollout.batch_size ({r.batch_size}) must be divisible by rollout.samples_per_prompt "
+         f"({r.samples_per_prompt})")
+    need(r.batch_size % a.num_minibatches == 0,
+         f"rollout.batch_size ({r.batch_size}) must be divisible by algorithm.num_minibatches ({a.num_minibatches})")
+    minibatch = r.batch_size // a.num_minibatches
+    need(minibatch % t.micro_batch_size == 0,
+         f"minibatch size rollout.batch_size / algorithm.num_minibatches = {minibatch} must be divisible by "
+         f"train.micro_batch_size ({t.micro_batch_size})")
+    need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
+    names = [c.name for c in cfg.reward.components]
+    need(len(set(names)) == len(names), f"reward.components: names must be unique, got {names}")
+    need(cfg.data.source != "file" or bool(cfg.data.prompts_file),
+         "data.prompts_file: required when data.source is 'file'")
+    need(cfg.checkpoint.every >= 0, f"checkpoint.every: must be >= 0, got {cfg.checkpoint.every}")
+
+
+def describe_fields(cls: type = Config, prefix: str = "") -> list[str]:
+    """Lines 'key (type, default): doc' for every field, nested sections included (for --help-config)."""
+    docs, lines = field_docs(cls), []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe_fields(tp, prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
+            default = [to_dict(d) for d in default]
+        lines.append(f"  {prefix}{f.name} = {default!r}  ({_type_name(tp)})\n      {docs.get(f.name, '')}")
+    return lines

@@ -1,0 +1,1 @@
+"""Prompt sources and the synthetic movie-review corpus of the offline demo."""

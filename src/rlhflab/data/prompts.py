@@ -1,0 +1,66 @@
+"""Prompt lists from local files (text: one per line; JSONL: a 'prompt' field) and a seeded epoch sampler."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from rlhflab.errors import UserError
+
+
+def read_prompts(path: str | Path, key: str = "data.prompts_file") -> list[str]:
+    """Non-empty prompts of a .txt (one per line) or .jsonl (field 'prompt' or 'text') file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{key}: file {str(path)!r} does not exist")
+    prompts: list[str] = []
+    if p.suffix == ".jsonl":
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{key}: {p}:{n} is not valid JSON ({err.msg})") from None
+            text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise UserError(f"{key}: {p}:{n} needs a string field 'prompt' (or 'text')")
+            prompts.append(text)
+    else:
+        prompts = [line.rstrip("\n") for line in p.read_text().splitlines()]
+    prompts = [x for x in prompts if x.strip()]
+    if not prompts:
+        raise UserError(f"{key}: file {str(path)!r} holds no prompts")
+    return prompts
+
+
+class PromptSampler:
+    """Shuffled passes over the prompts, reshuffled each epoch; the position is part of a checkpoint."""
+
+    def __init__(self, prompts: list[str], seed: int):
+        self.prompts, self.seed = prompts, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.prompts)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next(self, n: int) -> list[str]:
+        batch = []
+        while len(batch) < n:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffled(self.epoch)
+            batch.append(self.prompts[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffled(self.epoch)

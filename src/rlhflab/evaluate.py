@@ -1,0 +1,130 @@
+"""Before/after evaluation on held-out prompts: the starting (reference) model vs the trained policy.
+
+Writes ``eval/before.jsonl``, ``eval/after.jsonl`` (prompt, completion, score per line) and ``eval/summary.json``
+(score_mean, positive_share, distinct_1, distinct_2, mean_length, eos_rate, ref_perplexity for each side), and
+prints a table a newcomer can read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import torch
+
+from rlhflab.config import Config, load_config
+from rlhflab.errors import UserError
+from rlhflab.ops import masked_sum
+from rlhflab.rewards import build_reward
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique word n-grams / all word n-grams over every text (0 when there are none)."""
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def sample_and_judge(setup, cfg: Config, reward, prompts: list[str], use_reference: bool, seed: int) -> tuple[list[dict], dict]:
+    """Sample one completion per prompt (× eval.samples_per_prompt) and measure it; returns (rows, summary)."""
+    from rlhflab.rollout import response_logprobs
+    from rlhflab.train import sample_rollout
+
+    roles, device = setup.roles, setup.device
+    prompts = [p for p in prompts for _ in range(cfg.eval.samples_per_prompt)]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows, nll_sum, n_tokens, lengths, ended = [], 0.0, 0, [], []
+    for start in range(0, len(prompts), cfg.rollout.batch_size):
+        chunk = prompts[start : start + cfg.rollout.batch_size]
+        if use_reference:
+            with roles.reference_model() as model:
+                rollout, completions = sample_rollout(model, setup.tokenizer, chunk, cfg, generator, device)
+        else:
+            rollout, completions = sample_rollout(roles.actor(), setup.tokenizer, chunk, cfg, generator, device)
+        scores, _ = reward(chunk, completions)
+        with roles.reference_model() as reference:
+            ref_logprobs, _ = response_logprobs(reference, rollout, cfg.rollout.temperature)
+        mask = rollout.response_mask
+        nll_sum -= masked_sum(ref_logprobs, mask).item()
+        n_tokens += int(mask.sum().item())
+        lengths += mask.sum(1).tolist()
+        ended += ((rollout.response_ids == setup.tokenizer.eos_token_id) & mask).any(1).tolist()
+        rows += [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(chunk, completions, scores.tolist())]
+    scores = [row["score"] for row in rows]
+    completions = [row["completion"] for row in rows]
+    summary = {
+        "score_mean": sum(scores) / len(scores),
+        "positive_share": sum(s > cfg.eval.positive_threshold for s in scores) / len(scores),
+        "distinct_1": distinct_n(completions, 1),
+        "distinct_2": distinct_n(completions, 2),
+        "mean_length": sum(lengths) / len(lengths),
+        "eos_rate": sum(ended) / len(ended),
+        "ref_perplexity": math.exp(nll_sum / max(n_tokens, 1)),
+        "num_samples": len(rows),
+    }
+    return rows, summary
+
+
+def evaluate_run(run_dir: Path, cfg: Config, setup, reward) -> dict:
+    """Evaluate the reference model and the trained policy of a loaded setup; write and print the results."""
+    prompts = setup.eval_prompts
+    print(f"evaluating the starting model and the trained policy on {len(prompts)} held-out prompts ...")
+    before, before_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=True, seed=cfg.seed + 7)
+    after, after_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
+    out = run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("before", before), ("after", after)):
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = {"before": before_summary, "after": after_summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(before, after))
+    print(format_summary(summary, cfg.eval.positive_threshold))
+    print(f"(all completions in {out}/before.jsonl and after.jsonl; numbers in {out}/summary.json)")
+    return summary
+
+
+def format_table(before: list[dict], after: list[dict], width: int = 100) -> str:
+    lines = ["", f"{'held-out prompt':<56} {'before':>8} {'after':>8}", "-" * 74]
+    for b, a in zip(before, after):
+        lines.append(f"{b['prompt'][:56]:<56} {b['score']:>+8.2f} {a['score']:>+8.2f}")
+        for label, row in (("before", b), ("after", a)):
+            text = textwrap.shorten(row["completion"].replace("\n", " ") or "(empty)", width - 12, placeholder=" …")
+            lines.append(f"    {label + ':':<8}{text}")
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict, threshold: float) -> str:
+    b, a = summary["before"], summary["after"]
+    rows = [("mean score", "score_mean", "{:+.3f}"), (f"positive share (score > {threshold})", "positive_share",
+            "{:.0%}"), ("distinct-2 (diversity)", "distinct_2", "{:.3f}"), ("mean length (tokens)", "mean_length",
+            "{:.1f}"), ("ended with EOS", "eos_rate", "{:.0%}"),
+            ("perplexity under the starting model", "ref_perplexity", "{:.2f}")]
+    lines = ["", f"{'':<40} {'before':>10} {'after':>10}"]
+    lines += [f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}" for label, key, fmt in rows]
+    return "\n".join(lines)
+
+
+def find_weights(run_dir: Path) -> Path:
+    """final/ when training finished, else the newest complete checkpoint."""
+    if (run_dir / "final" / "adapter_model.safetensors").is_file():
+        return run_dir / "final"
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    if checkpoints:
+        return checkpoints[-1]
+    raise UserError(f"--run: {run_dir} has no final/ adapters and no checkpoint to evaluate")
+
+
+def eval_command(run_dir: Path) -> dict:
+    """``rlhflab eval --run DIR``: reload the run's config and adapters, then evaluate again."""
+    from rlhflab.train import load_setup
+
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--run: {run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    weights = find_weights(run_dir)
+    setup = load_setup(cfg, with_critic=False)
+    setup.roles.load(weights)
+    print(f"loaded adapters from {weights}")
+    return evaluate_run(run_dir, cfg, setup, build_reward(cfg.reward))

@@ -1,0 +1,1 @@
+"""Model loading (hub id or local directory), role wiring (policy / critic / reference) and the tiny demo model."""

@@ -1,0 +1,87 @@
+"""Load tokenizers and models from a hub id or a local directory, through one code path.
+
+A model a test saved with ``save_pretrained`` and ``EleutherAI/pythia-410m-deduped`` from the hub take the same
+route. ``trust_remote_code`` stays off unless the caller asks for it; weights load through safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from rlhflab.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' → cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"model.device: {name!r} is not a device (use auto, cpu, cuda, cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"model.device: {name!r} asked for, but this torch build sees no CUDA device")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' → bf16 on a GPU that supports it, else fp32 (CPU matmuls are fastest and exact in fp32)."""
+    if name == "auto":
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_ok else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"model.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _check_source(name: str, key: str) -> None:
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise UserError(f"{key}: local model directory {name!r} does not exist")
+
+
+def _load_error(name: str, key: str, err: Exception) -> UserError:
+    return UserError(f"{key}: cannot load {name!r} as a local directory or a Hugging Face hub id "
+                     f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model.name") -> PreTrainedTokenizerBase:
+    """Left-padding tokenizer whose pad token is *not* EOS whenever the vocabulary allows it.
+
+    Pythia's saved tokenizers often set ``pad_token = eos_token``; we switch to ``<|padding|>`` when it exists.
+    Masks never come from comparing ids with the pad id anyway (DESIGN §3.1), so a pad = eos tokenizer without a
+    separate pad token still trains correctly.
+    """
+    _check_source(name, key)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, key, err) from err
+    tok.padding_side = "left"
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        vocab = tok.get_vocab()
+        if "<|padding|>" in vocab:
+            tok.pad_token = "<|padding|>"
+        elif tok.pad_token is None:
+            tok.pad_token = tok.eos_token  # harmless: masks are explicit, see above
+    return tok
+
+
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                   trust_remote_code: bool = False, key: str = "model.name") -> torch.nn.Module:
+    """``AutoModelForCausalLM`` from a hub id or a local directory, in ``dtype`` on ``device``, eval mode."""
+    _check_source(name, key)
+    path = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None)
+    except (OSError, ValueError) as err:
+        raise _load_error(name, key, err) from err
+    return model.to(device).eval()

@@ -1,0 +1,145 @@
+"""Policy, critic and reference on one base model (``shared``) or on separate copies (``separate``).
+
+shared (default): the base weights are loaded once. The policy is the LoRA adapter ``default`` (so that
+``PeftModel.from_pretrained(base, run/final)`` loads it), the critic is the LoRA adapter ``critic`` plus a
+zero-initialised scalar value head on the last hidden state, and the reference is the base with adapters
+disabled: three roles for the memory of about one model.
+
+separate: the reference is a frozen full copy and the critic a full copy with its own LoRA adapter, the layout
+of the published reference script. Kept for users who need it and to measure what sharing saves.
+
+peft's ``set_adapter`` also switches ``requires_grad`` to the active adapter, so every pass that needs
+gradients must run its backward before another adapter is activated (the trainer does policy forward+backward,
+then critic forward+backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from rlhflab.config import Config
+from rlhflab.rollout import Rollout, position_ids
+
+POLICY, CRITIC = "default", "critic"
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: list[str], bias: str = "none") -> LoraConfig:
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias=bias,
+                      task_type="CAUSAL_LM")
+
+
+class Roles:
+    """The three roles of PPO behind one small interface; see the module docstring for the two layouts."""
+
+    def __init__(self, base: torch.nn.Module, cfg: Config, with_critic: bool = True):
+        self.layout = cfg.model.roles
+        lora = cfg.lora
+        separate = self.layout == "separate"
+        # copies are taken before any adapter is injected, so they hold the plain base weights
+        self.reference = copy.deepcopy(base).requires_grad_(False) if separate else None
+        critic_base = copy.deepcopy(base) if separate and with_critic else None
+
+        self.policy: PeftModel = get_peft_model(
+            base, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias), adapter_name=POLICY
+        )
+        self.critic: PeftModel | None = None
+        self.value_head: torch.nn.Linear | None = None
+        if with_critic:
+            critic_lora = lora_config(cfg.critic.r, cfg.critic.alpha, lora.dropout, cfg.critic.target_modules)
+            if separate:
+                self.critic = get_peft_model(critic_base, critic_lora, adapter_name=CRITIC)
+            else:
+                self.policy.add_adapter(CRITIC, critic_lora)
+                self.critic = self.policy
+            hidden = base.config.hidden_size
+            device = next(base.parameters()).device
+            # fp32 head, zero-initialised: values start at exactly 0 (DESIGN §3.10)
+            self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+        self.policy.set_adapter(POLICY)
+        self.set_dropout(cfg.train.dropout)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def set_dropout(self, enabled: bool) -> None:
+        """train() mode turns on dropout everywhere (LoRA's included); eval() mode keeps gradients but no noise."""
+        for model in self.models():
+            model.train(enabled)
+
+    def models(self) -> list[torch.nn.Module]:
+        found = [self.policy, self.critic, self.reference]
+        return [m for i, m in enumerate(found) if m is not None and all(m is not f for f in found[:i])]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """LoRA weights of both adapters and the value head; never the base weights."""
+        params = [p for n, p in self.policy.named_parameters() if "lora_" in n]
+        if self.critic is not None and self.critic is not self.policy:
+            params += [p for n, p in self.critic.named_parameters() if "lora_" in n]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
+
+    # ------------------------------------------------------------------------------------------------------------
+    def actor(self) -> PeftModel:
+        """The policy model with its adapter active (what generation and the policy loss run)."""
+        self.policy.set_adapter(POLICY)
+        return self.policy
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """The frozen starting model: the base with adapters disabled, or the separate copy."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    def values(self, rollout: Rollout, granularity: str = "token") -> torch.Tensor:
+        """Critic values: (B, T) for each response token's state, or (B, 1) for the prompt (sequence critic).
+
+        The value of response token t is read where its logits are: at position P - 1 + t. Leaves the critic
+        adapter active (its backward must run before :meth:`actor` switches back).
+        """
+        assert self.critic is not None and self.value_head is not None, "this algorithm has no critic"
+        self.critic.set_adapter(CRITIC)
+        mask = rollout.attention_mask
+        backbone = self.critic.get_base_model().base_model  # GPTNeoXModel etc.: hidden states, no LM head
+        hidden = backbone(input_ids=rollout.input_ids, attention_mask=mask.long(),
+                          position_ids=position_ids(mask)).last_hidden_state  # (B, P + T, H)
+        prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+        if granularity == "sequence":
+            hidden = hidden[:, prompt_len - 1 : prompt_len]  # (B, 1, H): the state before the first token
+        else:
+            hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]  # (B, T, H)
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Policy adapter at ``directory`` (PEFT format), critic adapter in ``critic/``, head in safetensors."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(str(directory), selected_adapters=[POLICY])
+        if self.critic is not None:
+            self.critic.save_pretrained(str(directory), selected_adapters=[CRITIC])  # → directory/critic/
+        if self.value_head is not None:
+            save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
+                      str(directory / "value_head.safetensors"))
+
+    def load(self, directory: Path) -> None:
+        """Load adapters and value head written by :meth:`save` (safetensors only)."""
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.policy, load_file(str(directory / "adapter_model.safetensors")),
+                                  adapter_name=POLICY)
+        if self.critic is not None:
+            set_peft_model_state_dict(self.critic, load_file(str(directory / CRITIC / "adapter_model.safetensors")),
+                                      adapter_name=CRITIC)
+        if self.value_head is not None:
+            self.value_head.load_state_dict(load_file(str(directory / "value_head.safetensors")))
+        self.policy.set_adapter(POLICY)

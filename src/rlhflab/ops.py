@@ -1,0 +1,115 @@
+"""Tensor primitives shared by every algorithm: masked statistics, log-probs, entropy and KL estimators.
+
+Conventions: ``mask`` is a bool tensor broadcastable to ``x`` with True = real token. Masked-out values never
+influence a result (they are selected away with ``torch.where``, so even NaN/inf padding is harmless), and no
+function modifies its inputs.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of the valid entries: ``Σ_{mask} x`` over ``dim`` (all dims when None → scalar)."""
+    kept = torch.where(mask, x, 0.0)
+    return kept.sum() if dim is None else kept.sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of the valid entries: ``Σ_{mask} x / Σ mask`` over ``dim`` (all dims when None → scalar).
+
+    An all-False mask along the reduced dimension gives NaN (0/0), as the mean of nothing is undefined.
+    """
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(x, mask, dim) / count
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Variance of all valid entries (scalar): ``mean_{mask}((x − mean_{mask} x)²)``.
+
+    Biased (divide by n) by default; ``unbiased=True`` rescales by ``n / (n − 1)`` and needs n ≥ 2.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        if n < 2:
+            raise ValueError(f"unbiased masked_var needs at least 2 valid entries, got {int(n)}")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """Standardise over the valid entries: ``(x − μ) / sqrt(σ² + eps)`` with the biased masked variance σ².
+
+    With ``shift_mean=False`` the mean is added back (``(x − μ) / sqrt(σ² + eps) + μ``): only the spread is
+    rescaled, which keeps the sign information of e.g. advantages whose mean carries signal.
+    Masked-out positions are returned as 0.
+    """
+    mean = masked_mean(x, mask)
+    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask, whitened, 0.0)
+
+
+def _in_fp32_rows(fn: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """Apply ``fn`` to logits in at least fp32 precision.
+
+    Low-precision logits are upcast one batch row at a time, so at most one ``(T, V)`` fp32 copy exists
+    during the forward pass instead of a full ``(B, T, V)`` one.
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        return fn(logits)
+    return torch.stack([fn(row.float()) for row in logits])
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probability of ``tokens`` under ``softmax(logits / temperature)``.
+
+    ``log p(y_t) = z_{t, y_t} − logsumexp_v z_{t, v}`` with ``z = logits / temperature``.
+    logits (B, T, V), tokens (B, T) → (B, T), in fp32 (or fp64 for fp64 logits).
+    Computed as gather − logsumexp so no ``(B, T, V)`` log-softmax is materialised.
+    """
+    lse = _in_fp32_rows(lambda z: torch.logsumexp(z / temperature, dim=-1), logits)
+    gathered = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(lse.dtype) / temperature
+    return gathered - lse
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of ``softmax(logits / temperature)`` per position: ``H = −Σ_v p_v log p_v``.
+
+    logits (B, T, V) → (B, T), in fp32 (or fp64 for fp64 logits).
+    """
+
+    def entropy(z: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(z / temperature, dim=-1)
+        return -(logp.exp() * logp).sum(-1)
+
+    return _in_fp32_rows(entropy, logits)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimators of KL(π ‖ π_ref) from samples of π (Schulman, "Approximating KL Divergence").
+
+    With ``d = logprobs − ref_logprobs`` (elementwise):
+
+    - ``'k1'``: ``d`` — unbiased, high variance, can be negative per token.
+    - ``'k2'``: ``½ d²`` — biased, low variance, ≥ 0, symmetric in its arguments.
+    - ``'k3'``: ``exp(−d) − 1 + d`` = ``exp(ref − logp) − 1 − (ref − logp)`` — unbiased, ≥ 0.
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"unknown KL estimator {kind!r}; valid kinds are {KL_KINDS}")
+    log_ratio = logprobs - ref_logprobs
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    return torch.expm1(-log_ratio) + log_ratio  # expm1 keeps precision when logp ≈ ref

@@ -1,0 +1,137 @@
+"""Generation and the forward passes that score it: prompts → a typed :class:`Rollout` batch.
+
+Shapes: B = rows (completions), P = prompt length (left-padded), T = response length (right-padded after EOS),
+V = vocabulary. Masks are bool, True = real token. Every forward pass gets explicit position ids
+``cumsum(mask) - 1`` so left padding never shifts a row's positions (DESIGN §3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import torch
+from transformers import DynamicCache
+
+from rlhflab.ops import entropy_from_logits, logprobs_from_logits
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions and everything the update needs from the time they were sampled."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) bool
+    response_ids: torch.Tensor  # (B, T) pad after the first EOS
+    response_mask: torch.Tensor  # (B, T) bool, up to and including the first EOS
+    logprobs: torch.Tensor | None = None  # (B, T) policy at sampling time ("old" logprobs)
+    ref_logprobs: torch.Tensor | None = None  # (B, T) reference model
+    values: torch.Tensor | None = None  # (B, T) token critic, or (B, 1) sequence critic
+    scores: torch.Tensor | None = None  # (B,) judge score
+    advantages: torch.Tensor | None = None  # (B, T) or (B, 1)
+    returns: torch.Tensor | None = None  # same shape as values
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (B, P + T)
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B, P + T) bool
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, index: torch.Tensor | slice) -> Rollout:
+        """Rows ``index`` of every tensor field (for minibatches and micro-batches)."""
+        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
+    def chunks(self, size: int) -> Iterator[Rollout]:
+        for start in range(0, len(self), size):
+            yield self.select(slice(start, start + size))
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool → (B, L) long: each row counts its own real tokens from 0; padding gets 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) → (B, T) bool: True up to and including the first EOS; whatever follows it is masked.
+
+    Computed from the first EOS only, never from the pad id: a tokenizer with pad = eos must not hide real EOS
+    tokens, and tokens after the first EOS cannot matter whatever they are (DESIGN §3.1, §3.4).
+    """
+    is_eos = (response_ids == eos_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos  # (B, T) number of EOS strictly before t
+    return eos_before == 0
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k / nucleus filtering of (B, V) logits; both off by default so sampling and scoring agree."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+             eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample continuations with a KV cache; stop early once every row has produced EOS.
+
+    Returns ``(response_ids (B, T), sample_logprobs (B, T))`` with T <= max_new_tokens; positions after a row's
+    EOS hold ``pad_id``. ``sample_logprobs`` are the logprobs of the sampled tokens under the sampling
+    distribution (for checking that scoring reproduces it).
+    """
+    batch = prompt_ids.shape[0]
+    attention = prompt_mask.long()  # (B, P) grows by one column per step
+    positions = position_ids(prompt_mask)
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    next_position = positions[:, -1:] + 1  # (B, 1)
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens, logprobs = [], []
+    for _ in range(max_new_tokens):
+        logits = filter_logits(out.logits[:, -1].float() / temperature, top_k, top_p)  # (B, V)
+        probs = logits.softmax(-1)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        logprobs.append(torch.log(probs.gather(-1, token[:, None]).squeeze(-1).clamp_min(1e-30)))
+        tokens.append(token)
+        still_real = ~finished  # this step's token is real (EOS included) for unfinished rows
+        finished = finished | (token == eos_id)
+        if finished.all():
+            break
+        attention = torch.cat([attention, still_real.long()[:, None]], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
+                    past_key_values=out.past_key_values, use_cache=True)
+        next_position = next_position + 1
+    return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+
+def forward_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """(B, T, V) logits that predict each response token (only the T positions needed are projected)."""
+    mask = rollout.attention_mask
+    response_len = rollout.response_ids.shape[1]
+    out = model(input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask),
+                logits_to_keep=response_len + 1)
+    return out.logits[:, :-1]  # position P-1+t predicts response token t
+
+
+def response_logprobs(model: torch.nn.Module, rollout: Rollout, temperature: float,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T))."""
+    logits = forward_logits(model, rollout)  # (B, T, V)
+    logprobs = logprobs_from_logits(logits, rollout.response_ids, temperature)
+    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
+    return logprobs, entropy

@@ -1,0 +1,100 @@
+"""Metric sinks behind one small protocol: JSONL (always), a console progress bar, W&B and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from rlhflab.config import Config, to_dict
+
+
+class Sink(Protocol):
+    def log(self, metrics: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """One JSON object per optimisation step, flushed at once so a crash loses nothing already logged."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("a")
+
+    def log(self, metrics: dict[str, float]) -> None:
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ProgressSink:
+    """tqdm bar over the steps with the numbers a user watches: score, KL, policy loss."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+        self.bar = tqdm(total=total, initial=initial, desc="rlhf", unit="step", disable=not enabled, dynamic_ncols=True)
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.bar.set_postfix(score=f"{metrics['objective/scores']:+.3f}", kl=f"{metrics['objective/kl']:.3f}",
+                             len=f"{metrics['gen/length']:.1f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class WandbSink:
+    def __init__(self, cfg: Config, run_dir: Path):
+        import wandb  # optional dependency: pip install 'rlhflab[tracking]'
+
+        self.run = wandb.init(project=cfg.tracking.project, name=cfg.tracking.run_name or run_dir.name,
+                              config=to_dict(cfg), dir=str(run_dir))
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.run.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TensorBoardSink:
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, int(metrics["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Trackers:
+    """Fan one metrics dict out to every configured sink."""
+
+    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int = 0, main_process: bool = True):
+        self.sinks: list[Sink] = []
+        if not main_process:
+            return
+        self.sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
+        self.sinks.append(ProgressSink(total_steps, start_step, cfg.tracking.progress))
+        if cfg.tracking.wandb:
+            self.sinks.append(WandbSink(cfg, run_dir))
+        if cfg.tracking.tensorboard:
+            self.sinks.append(TensorBoardSink(run_dir))
+
+    def log(self, metrics: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.log(metrics)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

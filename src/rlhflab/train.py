@@ -1,0 +1,276 @@
+"""The training loop: rollout → judge → score → advantages → K epochs × M minibatches → log, checkpoint.
+
+Reads top to bottom; the math is in :mod:`rlhflab.ops` and :mod:`rlhflab.algorithms`.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from rlhflab.algorithms.kl_control import KLController
+from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
+from rlhflab.config import Config, save_config
+from rlhflab.data.prompts import PromptSampler, read_prompts
+from rlhflab.errors import UserError
+from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+from rlhflab.models.roles import Roles
+from rlhflab.ops import kl_penalty, masked_mean, masked_sum
+from rlhflab.rewards import build_reward
+from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
+from rlhflab.tracking import Trackers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Setup:
+    """Everything loaded before the first step."""
+
+    tokenizer: object
+    roles: Roles
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    device: torch.device
+
+
+def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
+    """(model directory or hub id, train prompts file, eval prompts file); 'demo' builds the offline assets."""
+    model_name, train_file, eval_file = cfg.model.name, cfg.data.prompts_file, cfg.data.eval_prompts_file
+    if model_name == "demo" or cfg.data.source == "demo":
+        from rlhflab.models.tiny import ensure_demo_assets
+
+        assets = ensure_demo_assets()
+        model_name = str(assets.model_dir) if model_name == "demo" else model_name
+        if cfg.data.source == "demo":
+            train_file = train_file or str(assets.train_prompts_file)
+            eval_file = eval_file or str(assets.eval_prompts_file)
+    return model_name, train_file, eval_file
+
+
+def load_setup(cfg: Config, with_critic: bool = True) -> Setup:
+    model_name, train_file, eval_file = resolve_sources(cfg)
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
+    base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
+    base.requires_grad_(False)
+    roles = Roles(base, cfg, with_critic=with_critic)
+    train_prompts = read_prompts(train_file)
+    eval_prompts = read_prompts(eval_file, "data.eval_prompts_file") if eval_file else train_prompts[:16]
+    return Setup(tokenizer, roles, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "config.yaml").exists() and not overwrite:
+        raise UserError(f"--output-dir: {run_dir} already holds a run; pass --overwrite to replace it")
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rollout
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int, device: torch.device):
+    """Left-padded (B, P) ids and bool mask; long prompts keep their last ``max_tokens`` tokens."""
+    tokenizer.truncation_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
+                    add_special_tokens=False)
+    return enc["input_ids"].to(device), enc["attention_mask"].bool().to(device)
+
+
+def sample_rollout(model, tokenizer, prompts: list[str], cfg: Config, generator: torch.Generator,
+                   device: torch.device) -> tuple[Rollout, list[str]]:
+    """Generate completions of ``prompts`` with ``model``; returns the rollout (ids, masks) and the texts."""
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens, device)
+    r = cfg.rollout
+    response_ids, _ = generate(model, prompt_ids, prompt_mask, r.max_new_tokens, tokenizer.eos_token_id,
+                               tokenizer.pad_token_id, generator, r.temperature, r.top_k, r.top_p)
+    mask = response_mask(response_ids, tokenizer.eos_token_id)  # (B, T)
+    completions = decode_completions(tokenizer, response_ids, mask)
+    return Rollout(prompt_ids, prompt_mask, response_ids, mask), completions
+
+
+def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Text of each response up to (not including) its EOS."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer.decode([t for t, m in zip(row.tolist(), keep.tolist()) if m and t != eos])
+            for row, keep in zip(response_ids, mask)]
+
+
+@torch.no_grad()
+def score_rollout(setup: Setup, rollout: Rollout, cfg: Config, with_values: bool = True) -> tuple[Rollout, float]:
+    """Old logprobs, reference logprobs and values, in micro-batches; also the policy's mean token entropy."""
+    roles, temperature = setup.roles, cfg.rollout.temperature
+    logprobs, ref_logprobs, values, entropy_sum = [], [], [], 0.0
+    for micro in rollout.chunks(cfg.train.micro_batch_size):
+        lp, ent = response_logprobs(roles.actor(), micro, temperature, with_entropy=True)
+        logprobs.append(lp)
+        entropy_sum += masked_sum(ent, micro.response_mask).item()
+        with roles.reference_model() as reference:
+            ref_logprobs.append(response_logprobs(reference, micro, temperature)[0])
+        if with_values:
+            values.append(roles.values(micro, cfg.critic.granularity))
+    entropy = entropy_sum / rollout.response_mask.sum().item()
+    return replace(rollout, logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs),
+                   values=torch.cat(values) if with_values else None), entropy
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# update
+
+WEIGHTED_STATS = ("policy/approxkl", "policy/clipfrac", "policy/ratio", "val/clipfrac")
+
+
+def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, params, generator) -> dict:
+    """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step."""
+    a, t = cfg.algorithm, cfg.train
+    minibatch_size = len(rollout) // a.num_minibatches
+    totals: dict[str, float] = {}
+    grad_norms = []
+    for _epoch in range(a.ppo_epochs):
+        order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
+        for rows in order.split(minibatch_size):
+            minibatch = rollout.select(rows)
+            num_tokens = minibatch.response_mask.sum()
+            max_len = minibatch.response_ids.shape[1]
+            optimizer.zero_grad(set_to_none=True)
+            for micro in minibatch.chunks(t.micro_batch_size):
+                stats = ppo_micro_step(setup.roles, micro, cfg, num_tokens, len(minibatch), max_len)
+                weight = (micro.response_mask.sum() / num_tokens).item()
+                for key, value in stats.items():
+                    # losses are already partial sums of the minibatch loss; means are weighted by tokens
+                    totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm).item())
+            optimizer.step()
+            scheduler.step()
+    updates = a.ppo_epochs * a.num_minibatches
+    out = {key: value / updates for key, value in totals.items()}
+    out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: Config, overwrite: bool = False) -> Path:
+    """Run ``cfg.train.steps`` PPO steps; writes the run directory described in DESIGN §4. Returns its path."""
+    run_dir = prepare_run_dir(cfg, overwrite)
+    seed_everything(cfg.seed)
+    setup = load_setup(cfg)
+    roles, tokenizer, device = setup.roles, setup.tokenizer, setup.device
+    reward = build_reward(cfg.reward)
+    a, r, t = cfg.algorithm, cfg.rollout, cfg.train
+
+    sampler = PromptSampler(setup.train_prompts, cfg.seed)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # token sampling
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
+    params = roles.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    total_updates = t.steps * a.ppo_epochs * a.num_minibatches
+    warmup = int(t.warmup_ratio * total_updates)
+    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, total_updates) if t.lr_schedule == "cosine"
+                 else get_constant_schedule_with_warmup(optimizer, warmup))
+    kl_ctl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
+    trackers = Trackers(cfg, run_dir, t.steps)
+    prompts_per_step = r.batch_size // r.samples_per_prompt
+
+    step = 0
+    try:
+        for step in range(1, t.steps + 1):
+            started = time.perf_counter()
+            # 1. sample completions for this step's prompts (k contiguous samples per prompt)
+            prompts = [p for p in sampler.next(prompts_per_step) for _ in range(r.samples_per_prompt)]
+            rollout, completions = sample_rollout(roles.actor(), tokenizer, prompts, cfg, sample_gen, device)
+            generated = time.perf_counter()
+            # 2. judge the completions
+            scores, components = reward(prompts, completions)
+            rollout = replace(rollout, scores=scores.to(device))
+            judged = time.perf_counter()
+            # 3. old logprobs, reference logprobs, values (no gradients)
+            rollout, entropy = score_rollout(setup, rollout, cfg)
+            scored = time.perf_counter()
+            # 4. per-token rewards and advantages
+            kl_coef = kl_ctl.value
+            rollout, adv_stats = ppo_advantages(rollout, cfg, kl_coef)
+            # 5. K epochs × M minibatches of clipped policy loss + clipped value loss
+            update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen)
+            finished = time.perf_counter()
+            # 6. metrics, KL controller, checkpoint
+            mask = rollout.response_mask
+            kl_per_seq = masked_sum(kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, dim=1)  # (B,)
+            lengths = mask.sum(1).float()
+            ended = (rollout.response_ids == tokenizer.eos_token_id) & mask
+            metrics = {
+                "step": step,
+                "objective/scores": scores.mean().item(),
+                "objective/kl": kl_per_seq.mean().item(),
+                "objective/rlhf_reward": (rollout.scores - kl_coef * kl_per_seq).mean().item(),
+                "objective/entropy": entropy,
+                "objective/kl_coef": kl_coef,
+                **update_stats,
+                **adv_stats,
+                "gen/length": lengths.mean().item(),
+                "gen/eos_rate": ended.any(1).float().mean().item(),
+                "lr": scheduler.get_last_lr()[0],
+                "time/step": finished - started,
+                "time/generate": generated - started,
+                "time/score": judged - generated,
+                "time/forward": scored - judged,
+                "time/update": finished - scored,
+                "perf/tokens_per_second": mask.sum().item() / (finished - started),
+                **{f"reward/{name}": values.mean().item() for name, values in components.items()},
+            }
+            trackers.log(metrics)
+            kl_ctl.update(metrics["objective/kl"], len(rollout))
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < t.steps:
+                save_checkpoint(roles, run_dir, step, cfg.checkpoint.keep)
+    except KeyboardInterrupt:
+        trackers.close()
+        if step > 1:
+            path = save_checkpoint(roles, run_dir, step - 1, cfg.checkpoint.keep)
+            print(f"\ninterrupted: the adapters of step {step - 1} are saved in {path}")
+        raise
+    trackers.close()
+    roles.save(run_dir / "final")
+    print(f"training done: adapters in {run_dir / 'final'}; metrics in {run_dir / 'metrics.jsonl'}")
+    if cfg.eval.enabled:
+        from rlhflab.evaluate import evaluate_run
+
+        evaluate_run(run_dir, cfg, setup, reward)
+    return run_dir
+
+
+def save_checkpoint(roles: Roles, run_dir: Path, step: int, keep: int) -> Path:
+    """Adapters + value head of ``step``, written to a temp folder then renamed (never a half-written checkpoint)."""
+    root = run_dir / "checkpoints"
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    roles.save(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def mean_over(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return masked_mean(values, mask).item()
