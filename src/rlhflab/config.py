@@ -80,12 +80,14 @@ class DataConfig:
 class RewardComponent:
     name: str = "vader"
     """Name logged as reward/<name>."""
-    kind: Literal["lexicon"] = "lexicon"
-    """lexicon: VADER compound score in [-1, 1]."""
+    kind: Literal["lexicon", "callable"] = "lexicon"
+    """lexicon: VADER compound score in [-1, 1]; callable: your function named in 'function'."""
     weight: float = 1.0
     """Weight of this component in the summed score."""
     input: Literal["completion", "prompt_completion"] = "completion"
-    """Judge the completion alone or the prompt followed by the completion."""
+    """Judge the completion alone or the prompt followed by the completion (lexicon)."""
+    function: str | None = None
+    """For kind callable: 'module:function' called as fn(prompts, completions) -> list[float]."""
 
 
 @dataclass
@@ -284,7 +286,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise UserError(f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(names)}")
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
 
 
@@ -418,6 +420,9 @@ def validate(cfg: Config) -> None:
          f"minibatch size rollout.batch_size / algorithm.num_minibatches = {minibatch} must be divisible by "
          f"train.micro_batch_size ({t.micro_batch_size})")
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
+    for c in cfg.reward.components:
+        need(c.kind != "callable" or bool(c.function and ":" in c.function),
+             f"reward.components: {c.name!r} of kind callable needs function: 'module:function'")
     names = [c.name for c in cfg.reward.components]
     need(len(set(names)) == len(names), f"reward.components: names must be unique, got {names}")
     need(cfg.data.source != "file" or bool(cfg.data.prompts_file),

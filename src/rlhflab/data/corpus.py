@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ _POS_ADJ = ("good", "great", "excellent", "wonderful", "brilliant", "superb", "f
             "smart", "sweet", "inspiring", "satisfying", "elegant", "powerful", "pleasant", "nice", "terrific",
             "funny")
 _NEG_ADJ = ("bad", "terrible", "awful", "horrible", "boring", "dull", "weak", "poor", "disappointing", "stupid",
-            "dumb", "ugly", "painful", "lazy", "annoying", "confusing", "miserable", "lame", "ridiculous",
+            "dumb", "ugly", "painful", "lazy", "annoying", "miserable", "lame", "ridiculous",
             "pathetic", "unpleasant", "frustrating", "irritating", "embarrassing", "messy", "tired", "fake", "lousy",
             "idiotic", "dreadful", "horrendous", "insulting", "nasty", "incompetent")
 _POS_VERB = ("loved", "enjoyed", "liked", "admired")
@@ -243,6 +244,7 @@ _CLOSE = {
 }
 _BODY_PREFIXES = ("Honestly, ", "Also, ", "Overall, ", "In the end, ", "On the whole, ")
 _LOWER_AFTER_PREFIX = ("The ", "This ", "It ", "What ", "Every ", "There ", "Although ", "Before ", "By ")
+_AN = re.compile(r"\b([Aa]) (?=[aeiou])")
 _N_SENTENCES = ((1, 2, 3, 4), (0.1, 0.3, 0.35, 0.25))
 MIN_WORDS, MAX_WORDS = 15, 70
 
@@ -286,6 +288,7 @@ class _Writer:
             film=r.choice(("film", "movie")), dur=r.choice(_DURATIONS), made=r.choice(_MADE),
             wasted=r.choice(_WASTED),
         )
+        text = _AN.sub(r"\1n ", text)  # "a extremely" -> "an extremely"
         return text[0].upper() + text[1:]
 
     def body(self, template: str) -> str:
@@ -311,13 +314,19 @@ class _Writer:
         else:
             opening, pools = _OPEN_NEUTRAL, [_NEUTRAL]
         sentences = [self.fill(r.choice(opening))]
-        mixed_pos = r.randrange(1, n) if sentiment == "mixed" and n > 1 else -1  # one contrast sentence at least
+        # A positive / negative review with a neutral opening says what it thinks in the next sentence; a mixed
+        # one has at least one contrast sentence.
+        must = {"positive": _POSITIVE, "negative": _NEGATIVE}.get(sentiment) if opening is _OPEN_NEUTRAL else None
+        must_at = 1 if must else -1
+        if sentiment == "mixed" and n > 1:
+            must, must_at = _MIXED, r.randrange(1, n)
         for i in range(1, n):
-            if i == n - 1 and n >= 3 and r.random() < 0.4:
+            if i == must_at:
+                sentences.append(self.body(r.choice(must)))
+            elif i == n - 1 and n >= 3 and r.random() < 0.4:
                 sentences.append(self.fill(r.choice(_CLOSE[sentiment])))
             else:
-                pool = _MIXED if i == mixed_pos else r.choice(pools)
-                sentences.append(self.body(r.choice(pool)))
+                sentences.append(self.body(r.choice(r.choice(pools))))
         return " ".join(sentences)
 
 

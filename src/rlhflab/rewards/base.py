@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from typing import Protocol
@@ -19,17 +20,19 @@ class Reward(Protocol):
 
 
 class CompositeReward:
-    """score = Σ_c weight_c · component_c(text_c); each component judges the completion or prompt + completion."""
+    """score = Σ_c weight_c · component_c(prompts, completions), each component logged as reward/<name>."""
 
-    def __init__(self, components: list[tuple[RewardComponent, Callable[[list[str]], list[float]]]]):
+    def __init__(self, components: list[tuple[RewardComponent, Judge]]):
         self.components = components
 
     def __call__(self, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = torch.zeros(len(completions), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
         for spec, judge in self.components:
-            texts = completions if spec.input == "completion" else [p + c for p, c in zip(prompts, completions)]
-            values = [float(v) for v in judge(texts)]
+            values = [float(v) for v in judge(prompts, completions)]
+            if len(values) != len(completions):
+                raise UserError(f"reward component {spec.name!r} returned {len(values)} scores for "
+                                f"{len(completions)} completions")
             for i, v in enumerate(values):
                 if not math.isfinite(v):
                     raise FloatingPointError(f"reward component {spec.name!r} returned {v} for sample {i}: "
@@ -39,11 +42,32 @@ class CompositeReward:
         return total, parts
 
 
-def build_judge(spec: RewardComponent) -> Callable[[list[str]], list[float]]:
+Judge = Callable[[list[str], list[str]], list[float]]
+
+
+def load_callable(spec: str, key: str) -> Callable:
+    """Import ``module:function`` -- the only way user code enters a run (named explicitly in the config)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"{key}: cannot import {spec!r} ({err})") from None
+    if not callable(fn):
+        raise UserError(f"{key}: {spec!r} is not callable")
+    return fn
+
+
+def build_judge(spec: RewardComponent) -> Judge:
+    """A function (prompts, completions) -> list of floats for one component."""
     if spec.kind == "lexicon":
         from rlhflab.rewards.lexicon import VaderReward
 
-        return VaderReward()
+        vader = VaderReward()
+        if spec.input == "completion":
+            return lambda prompts, completions: vader(completions)
+        return lambda prompts, completions: vader([p + c for p, c in zip(prompts, completions)])
+    if spec.kind == "callable":
+        return load_callable(spec.function, f"reward.components[{spec.name}].function")
     raise UserError(f"reward.components: unknown kind {spec.kind!r} for {spec.name!r}")
 
 

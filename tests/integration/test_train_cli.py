@@ -1,0 +1,122 @@
+"""Through the CLI on a tiny random-weight model: 2 PPO steps, the run directory contract, user errors."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from rlhflab.cli import main
+from rlhflab.models.loading import load_causal_lm
+
+REQUIRED_METRICS = ["step", "objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy",
+                    "policy/approxkl", "policy/clipfrac", "policy/ratio", "loss/policy", "loss/value",
+                    "val/clipfrac", "val/explained_variance", "gen/length", "gen/eos_rate", "lr", "time/step",
+                    "time/generate", "time/update", "perf/tokens_per_second", "reward/length"]
+
+
+def run_args(model_dir, prompts_file, out, *extra):
+    return ["train", "--config", str(prompts_file.parent / "empty.yaml"), "--output-dir", str(out), "--steps", "2",
+            "--set", f"model.name={model_dir}", "--set", "model.device=cpu", "--set", "data.source=file",
+            "--set", f"data.prompts_file={prompts_file}", "--set", "rollout.batch_size=8",
+            "--set", "train.micro_batch_size=4", "--set", "rollout.max_new_tokens=6", "--set", "train.lr=1e-2",
+            "--set", "eval.max_prompts=4", "--set", "tracking.progress=false",
+            "--set", "reward.components=[{name: length, kind: callable, function: \"reward_fns:length_reward\"}]",
+            *extra]
+
+
+@pytest.fixture()
+def empty_config(prompts_file):
+    (prompts_file.parent / "empty.yaml").write_text("{}\n")
+
+
+@pytest.mark.parametrize("extra", [(), ("--set", "model.roles=separate", "--set", "critic.granularity=sequence")])
+def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, empty_config, extra):
+    out = tmp_path / "run"
+    assert main(run_args(tiny_model_dir, prompts_file, out, *extra)) == 0
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    for key in REQUIRED_METRICS:
+        assert all(key in m and m[key] is not None and math.isfinite(m[key]) for m in lines), key
+    assert abs(lines[0]["objective/kl"]) < 1e-6  # the policy starts equal to the reference
+
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["steps"] == 2 and resolved["model"]["name"] == str(tiny_model_dir)
+
+    # final/: PEFT adapter loadable the standard way, critic adapter and value head in safetensors
+    base = load_causal_lm(str(tiny_model_dir))
+    reference_state = {k: v.clone() for k, v in base.state_dict().items()}
+    policy = PeftModel.from_pretrained(base, str(out / "final"))
+    lora = {k: v for k, v in policy.state_dict().items() if "lora_B" in k}
+    assert lora and any(v.abs().sum() > 0 for v in lora.values()), "LoRA weights changed from their zero init"
+    assert set(load_file(str(out / "final" / "value_head.safetensors"))) == {"weight", "bias"}
+    assert (out / "final" / "critic" / "adapter_model.safetensors").is_file()
+    # base weights unchanged: the saved adapter holds no base weight and the base on disk is untouched
+    saved = load_file(str(out / "final" / "adapter_model.safetensors"))
+    assert all("lora_" in k for k in saved)
+    fresh = load_causal_lm(str(tiny_model_dir)).state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in reference_state.items())
+
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    for side in ("before", "after"):
+        for key in ("score_mean", "positive_share", "distinct_2", "mean_length", "ref_perplexity"):
+            assert math.isfinite(summary[side][key])
+    rows = [json.loads(line) for line in (out / "eval" / "after.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and set(rows[0]) == {"prompt", "completion", "score"}
+
+
+def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
+    """Train 2 steps in-process and compare every base weight before/after (the LoRA ones must move)."""
+    from dataclasses import replace
+
+    from rlhflab.config import build_config
+    from rlhflab.train import load_setup, sample_rollout, score_rollout, update
+    from rlhflab.algorithms.ppo import ppo_advantages
+
+    cfg = build_config(overrides=[f"model.name={tiny_model_dir}", "model.device=cpu", "data.source=file",
+                                  f"data.prompts_file={prompts_file}", "rollout.batch_size=8",
+                                  "train.micro_batch_size=4", "rollout.max_new_tokens=6", "train.lr=1e-2",
+                                  "train.warmup_ratio=0"])
+    setup = load_setup(cfg)
+    model = setup.roles.policy
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    params = setup.roles.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, setup.train_prompts, cfg, g, setup.device)
+    rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(len(rollout), generator=g)), cfg)
+    rollout, _ = ppo_advantages(rollout, cfg, 0.05)
+    update(setup, rollout, cfg, optimizer, scheduler, params, g)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in base_before.items())
+    changed = [n for n, p in lora_before.items() if not torch.equal(after[n], p)]
+    assert any("lora_A" in n and ".critic." in n for n in changed) and any(".default." in n for n in changed)
+
+
+def test_user_errors_are_one_line(tiny_model_dir, prompts_file, tmp_path, empty_config, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(tiny_model_dir, prompts_file, out, "--set", "train.micro_batch_size=3")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.micro_batch_size (3)" in err and "Traceback" not in err
+    assert main(["train", "--preset", "nope"]) == 2
+    assert "available presets" in capsys.readouterr().err
+    assert main(run_args(tiny_model_dir, prompts_file, out, "--set", "model.name=/no/such/dir")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["compare"]) == 2 and "not available yet" in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, empty_config, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("seed: 1\n")
+    assert main(run_args(tiny_model_dir, prompts_file, out)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "seed: 1\n"

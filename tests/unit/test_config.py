@@ -1,0 +1,112 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from rlhflab.config import (
+    Config,
+    apply_override,
+    build_config,
+    describe_fields,
+    field_docs,
+    from_dict,
+    load_config,
+    preset_names,
+    save_config,
+    to_dict,
+)
+from rlhflab.errors import UserError
+
+
+def test_every_preset_loads_and_validates():
+    assert "demo-ppo" in preset_names()
+    for name in preset_names():
+        cfg = build_config(preset=name)
+        assert cfg.preset == name
+
+
+def test_demo_preset_values():
+    cfg = build_config(preset="demo-ppo")
+    assert cfg.model.name == "demo" and cfg.algorithm.name == "ppo"
+    assert cfg.reward.components[0].kind == "lexicon"
+
+
+def test_overrides_are_typed():
+    cfg = build_config(preset="demo-ppo", overrides=["train.lr=3e-5", "tracking.wandb=true", "train.steps=7",
+                                                     "algorithm.kl_target=null", "lora.target_modules=[dense]"])
+    assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)
+    assert cfg.tracking.wandb is True and cfg.train.steps == 7 and cfg.algorithm.kl_target is None
+    assert cfg.lora.target_modules == ["dense"]
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'"),
+        ("bogus.x=1", "unknown config key 'bogus'"),
+        ("train.steps=many", "train.steps: expected an integer"),
+        ("train.steps=0", "train.steps: must be a positive integer"),
+        ("algorithm.loss_agg=mean", "choose one of token_mean, seq_mean, seq_sum_constant"),
+        ("tracking.wandb=maybe", "tracking.wandb: expected true or false"),
+        ("train.micro_batch_size=5", "must be divisible by train.micro_batch_size (5)"),
+        ("rollout.samples_per_prompt=3", "divisible by rollout.samples_per_prompt (3)"),
+        ("train.lr=-1", "train.lr: must be > 0"),
+        ("model.roles=both", "choose one of shared, separate"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(UserError) as err:
+        build_config(preset="demo-ppo", overrides=[override])
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(UserError, match="valid keys here: steps, lr"):
+        from_dict(Config, {"train": {"nope": 1}})
+
+
+def test_set_without_equals_and_unknown_preset():
+    with pytest.raises(UserError, match="expected dotted.key=value"):
+        apply_override({}, "train.lr")
+    with pytest.raises(UserError, match="unknown preset 'nope'; available presets: demo-ppo"):
+        build_config(preset="nope")
+
+
+def test_malformed_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        build_config(config_file=str(bad))
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = build_config(preset="demo-ppo", overrides=["seed=3", "algorithm.kl_target=6.0"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["algorithm"]["kl_target"] == 6.0
+
+
+def test_every_field_has_a_docstring():
+    def walk(cls):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or f.name in {"model", "lora", "critic", "data", "reward", "rollout",
+                                                                 "algorithm", "train", "eval", "tracking",
+                                                                 "checkpoint"}:
+                continue
+            assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+
+    from rlhflab import config as c
+
+    for cls in (c.Config, c.ModelConfig, c.LoraSettings, c.CriticConfig, c.DataConfig, c.RewardComponent,
+                c.RewardConfig, c.RolloutConfig, c.AlgorithmConfig, c.TrainConfig, c.EvalConfig, c.TrackingConfig,
+                c.CheckpointConfig):
+        walk(cls)
+    assert any("train.lr" in line for line in describe_fields())
+
+
+def test_defaults_round_trip_through_dict():
+    cfg = Config()
+    assert from_dict(Config, to_dict(cfg)) == cfg

@@ -1,0 +1,141 @@
+"""DESIGN §3.1–3.4 and §3.10–3.11 on a tiny random GPT-NeoX: masks, padding, sampling/scoring, step 0, accumulation."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from rlhflab.algorithms.losses import ppo_policy_loss
+from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
+from rlhflab.config import build_config
+from rlhflab.models.loading import load_causal_lm, load_tokenizer
+from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
+from rlhflab.train import load_setup, sample_rollout, score_rollout, tokenize_prompts
+
+PROMPTS = ["the movie was", "i really hated this film because the plot", "honestly", "this is the worst"]
+
+
+def make_cfg(model_dir, prompts_file, *extra):
+    return build_config(overrides=[f"model.name={model_dir}", "model.device=cpu", "model.dtype=fp32",
+                                   "data.source=file", f"data.prompts_file={prompts_file}", "rollout.batch_size=8",
+                                   "train.micro_batch_size=8", "rollout.max_new_tokens=6", *extra])
+
+
+def test_response_mask_keeps_the_first_eos_only():
+    eos = 0
+    ids = torch.tensor([[5, 0, 7, 0], [5, 6, 7, 8], [0, 1, 1, 1], [5, 0, 0, 0]])
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(response_mask(ids, eos), expected)
+
+
+def test_pythia_tokenizer_saved_with_pad_eq_eos_gets_a_real_pad(shared_assets):
+    tok = load_tokenizer(str(shared_assets / "pythia-410m-deduped"))
+    assert tok.eos_token_id == 0 and tok.pad_token_id == 1 and tok.padding_side == "left"
+
+
+def test_eos_inside_a_response_stays_in_the_mask_with_pad_eq_eos(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.pad_token = tok.eos_token  # the trap: pad id == eos id
+    ids = torch.tensor([[7, 8, tok.eos_token_id, tok.pad_token_id, tok.pad_token_id]])
+    assert response_mask(ids, tok.eos_token_id).tolist() == [[True, True, True, False, False]]
+
+
+def _rollout(model_dir, prompts, response_len=5, seed=0):
+    tok = load_tokenizer(str(model_dir))
+    ids, mask = tokenize_prompts(tok, prompts, 32, torch.device("cpu"))
+    g = torch.Generator().manual_seed(seed)
+    response = torch.randint(2, len(tok), (len(prompts), response_len), generator=g)
+    return tok, Rollout(ids, mask, response, torch.ones_like(response, dtype=torch.bool))
+
+
+def test_left_padded_batch_equals_rows_alone(tiny_model_dir):
+    model = load_causal_lm(str(tiny_model_dir))
+    tok, rollout = _rollout(tiny_model_dir, PROMPTS)
+    assert not rollout.prompt_mask.all(), "prompts must be padded for this test to mean anything"
+    batched, _ = response_logprobs(model, rollout, 1.0)
+    for i, prompt in enumerate(PROMPTS):
+        ids, mask = tokenize_prompts(tok, [prompt], 32, torch.device("cpu"))
+        alone = Rollout(ids, mask, rollout.response_ids[i : i + 1], rollout.response_mask[i : i + 1])
+        torch.testing.assert_close(batched[i : i + 1], response_logprobs(model, alone, 1.0)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_generation_logprobs_match_a_fresh_forward(tiny_model_dir, temperature):
+    model = load_causal_lm(str(tiny_model_dir))
+    tok = load_tokenizer(str(tiny_model_dir))
+    ids, mask = tokenize_prompts(tok, PROMPTS, 32, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    response, sample_logprobs = generate(model, ids, mask, 8, tok.eos_token_id, tok.pad_token_id, g, temperature)
+    rmask = response_mask(response, tok.eos_token_id)
+    scored, _ = response_logprobs(model, Rollout(ids, mask, response, rmask), temperature)
+    torch.testing.assert_close(scored[rmask], sample_logprobs[rmask], atol=1e-5, rtol=0)
+
+
+def test_tokens_after_eos_change_nothing(tiny_model_dir):
+    model = load_causal_lm(str(tiny_model_dir))
+    tok, rollout = _rollout(tiny_model_dir, PROMPTS, response_len=6)
+    response = rollout.response_ids.clone()
+    response[:, 2] = tok.eos_token_id  # every row ends at token 2
+    mask = response_mask(response, tok.eos_token_id)
+    a = replace(rollout, response_ids=response, response_mask=mask)
+    rewritten = response.clone()
+    rewritten[:, 3:] = torch.randint(2, len(tok), rewritten[:, 3:].shape)
+    b = replace(a, response_ids=rewritten)
+    lp_a, _ = response_logprobs(model, a, 1.0)
+    lp_b, _ = response_logprobs(model, b, 1.0)
+    assert torch.equal(lp_a[mask], lp_b[mask])
+    adv = torch.randn(mask.shape)
+    old = lp_a.detach() - 0.1
+    loss_a, _ = ppo_policy_loss(lp_a, old, adv, mask)
+    loss_b, _ = ppo_policy_loss(lp_b, old, adv, mask)
+    assert torch.equal(loss_a, loss_b)
+
+
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_step0_invariants(tiny_model_dir, prompts_file, layout):
+    """LoRA B starts at zero and dropout is off: policy = reference exactly, values exactly 0."""
+    cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}")
+    setup = load_setup(cfg)
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    scored, entropy = score_rollout(setup, replace(rollout, scores=torch.randn(8)), cfg)
+    mask = scored.response_mask
+    assert torch.equal(scored.logprobs[mask], scored.ref_logprobs[mask])  # KL = 0 exactly
+    assert torch.equal(scored.values, torch.zeros_like(scored.values))
+    assert entropy > 0
+    fresh, _ = response_logprobs(setup.roles.actor(), scored, 1.0)
+    assert torch.equal(fresh, scored.logprobs)  # ratio = 1, approx-KL = 0 exactly
+    _, stats = ppo_policy_loss(fresh, scored.logprobs, torch.randn(mask.shape), mask)
+    assert stats["ratio"].item() == 1.0 and stats["approxkl"].item() == 0.0 and stats["clipfrac"].item() == 0.0
+
+
+def _grads(params):
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity):
+    cfg = make_cfg(tiny_model_dir, prompts_file, f"critic.granularity={granularity}")
+    setup = load_setup(cfg)
+    roles = setup.roles
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
+    rollout, _ = ppo_advantages(rollout, cfg, 0.05)
+    with torch.no_grad():  # move away from the zero init so every term has a gradient
+        for p in roles.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    params = roles.trainable_parameters()
+    num_tokens, max_len = rollout.response_mask.sum(), rollout.response_ids.shape[1]
+
+    def accumulate(micro_size):
+        for p in params:
+            p.grad = None
+        for micro in rollout.chunks(micro_size):
+            ppo_micro_step(roles, micro, cfg, num_tokens, len(rollout), max_len)
+        return _grads(params)
+
+    big, small = accumulate(8), accumulate(2)
+    assert all(b.abs().sum() > 0 for b in big), "every LoRA weight of both adapters and the head gets a gradient"
+    for b, s in zip(big, small):
+        torch.testing.assert_close(s, b, atol=1e-6, rtol=0)
