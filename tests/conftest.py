@@ -26,15 +26,33 @@ def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TEXTS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|padding|>", padding_side="left")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|padding|>",
+        padding_side="left",
+    )
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=128, eos_token_id=0, bos_token_id=0,
-                           pad_token_id=1, hidden_dropout=0.0, attention_dropout=0.0)
+    config = GPTNeoXConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=1,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     model = GPTNeoXForCausalLM(config)
     model.save_pretrained(path)
     fast.save_pretrained(path)
@@ -49,8 +67,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("\n".join(["the movie was", "i really hated", "honestly the", "this is the", "a beautiful",
-                               "the acting was", "the plot", "the ending was"]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                "the movie was",
+                "i really hated",
+                "honestly the",
+                "this is the",
+                "a beautiful",
+                "the acting was",
+                "the plot",
+                "the ending was",
+            ]
+        )
+        + "\n"
+    )
     return path
 
 

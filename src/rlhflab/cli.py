@@ -14,8 +14,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<date>-<time>)")
     p.add_argument("--steps", type=int, help="optimisation steps (overrides train.steps)")
     p.add_argument("--seed", type=int, help="the one seed for data order, sampling and initialisation")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
 
 
@@ -27,15 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", help="offline demo on CPU: build the tiny model, train PPO, show before/after",
-                       description="Build (or reuse) the offline demo assets under $RLHFLAB_HOME, train the demo-ppo "
-                       "preset with the VADER sentiment judge as reward, and print a before/after table.")
+    p = sub.add_parser(
+        "demo",
+        help="offline demo on CPU: build the tiny model, train PPO, show before/after",
+        description="Build (or reuse) the offline demo assets under $RLHFLAB_HOME, train the demo-ppo "
+        "preset with the VADER sentiment judge as reward, and print a before/after table.",
+    )
     _add_run_options(p)
 
-    p = sub.add_parser("sft", help="supervised fine-tuning (the demo model by default)",
-                       description="Without arguments: build (or reuse) the demo model, whose last stage is SFT "
-                       "on the synthetic review corpus. With --model and --data: fine-tune that model on a "
-                       "text/JSONL file.")
+    p = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning (the demo model by default)",
+        description="Without arguments: build (or reuse) the demo model, whose last stage is SFT "
+        "on the synthetic review corpus. With --model and --data: fine-tune that model on a "
+        "text/JSONL file.",
+    )
     p.add_argument("--model", help="hub id or local directory of the model to fine-tune")
     p.add_argument("--data", help="text file (one document per line) or JSONL ('text' field) to train on")
     p.add_argument("--output-dir", help="where the fine-tuned model is saved")
@@ -44,9 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     p.add_argument("--rebuild", action="store_true", help="demo only: rebuild the demo assets from scratch")
 
-    p = sub.add_parser("train", help="train a policy with PPO from a preset or a config file",
-                       description="Train with a preset (--preset NAME) or a YAML file (--config FILE); "
-                       "--set overrides any key. See --help-config for every key.")
+    p = sub.add_parser(
+        "train",
+        help="train a policy with PPO from a preset or a config file",
+        description="Train with a preset (--preset NAME) or a YAML file (--config FILE); "
+        "--set overrides any key. See --help-config for every key.",
+    )
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", help="a preset name (see --list-presets)")
     source.add_argument("--config", help="a YAML config file")
@@ -96,8 +111,9 @@ def cmd_train(args) -> int:
     if args.resume:
         raise UserError("--resume: exact resume arrives with the checkpoint issue (#7); not available yet")
     if not args.preset and not args.config:
-        raise UserError("give --preset NAME or --config FILE (presets: "
-                        + ", ".join(config_module.preset_names()) + ")")
+        raise UserError(
+            "give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")"
+        )
     cfg = _config_from_args(args, args.preset)
     if args.print_config:
         import yaml
@@ -113,12 +129,16 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from rlhflab.models.tiny import ensure_demo_assets
 
-    print("rlhflab demo: teach a tiny review-writing model (trained here, offline) to continue movie-review\n"
-          "openings positively, rewarded by the VADER sentiment lexicon, with a KL penalty to the starting model.\n")
+    print(
+        "rlhflab demo: teach a tiny review-writing model (trained here, offline) to continue movie-review\n"
+        "openings positively, rewarded by the VADER sentiment lexicon, with a KL penalty to the starting model.\n"
+    )
     ensure_demo_assets()
     cfg = _config_from_args(args, "demo-ppo")
-    print(f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "
-          f"(run directory: {cfg.output_dir})")
+    print(
+        f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "
+        f"(run directory: {cfg.output_dir})"
+    )
     from rlhflab.train import train
 
     run_dir = train(cfg, overwrite=args.overwrite)

@@ -310,8 +310,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("rlhflab.presets").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in resources.files("rlhflab.presets").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _read_yaml(text: str, source: str) -> dict:
@@ -394,39 +395,62 @@ def validate(cfg: Config) -> None:
             raise UserError(message)
 
     r, t, a = cfg.rollout, cfg.train, cfg.algorithm
-    for key, value in [("rollout.batch_size", r.batch_size), ("rollout.samples_per_prompt", r.samples_per_prompt),
-                       ("rollout.max_new_tokens", r.max_new_tokens), ("train.steps", t.steps),
-                       ("train.micro_batch_size", t.micro_batch_size), ("algorithm.ppo_epochs", a.ppo_epochs),
-                       ("algorithm.num_minibatches", a.num_minibatches), ("lora.r", cfg.lora.r),
-                       ("critic.r", cfg.critic.r), ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
-                       ("eval.max_prompts", cfg.eval.max_prompts)]:
+    for key, value in [
+        ("rollout.batch_size", r.batch_size),
+        ("rollout.samples_per_prompt", r.samples_per_prompt),
+        ("rollout.max_new_tokens", r.max_new_tokens),
+        ("train.steps", t.steps),
+        ("train.micro_batch_size", t.micro_batch_size),
+        ("algorithm.ppo_epochs", a.ppo_epochs),
+        ("algorithm.num_minibatches", a.num_minibatches),
+        ("lora.r", cfg.lora.r),
+        ("critic.r", cfg.critic.r),
+        ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
+        ("eval.max_prompts", cfg.eval.max_prompts),
+    ]:
         need(value > 0, f"{key}: must be a positive integer, got {value}")
-    for key, value in [("train.lr", t.lr), ("rollout.temperature", r.temperature), ("rollout.top_p", r.top_p),
-                       ("algorithm.clip_eps", a.clip_eps), ("algorithm.clip_eps_value", a.clip_eps_value)]:
+    for key, value in [
+        ("train.lr", t.lr),
+        ("rollout.temperature", r.temperature),
+        ("rollout.top_p", r.top_p),
+        ("algorithm.clip_eps", a.clip_eps),
+        ("algorithm.clip_eps_value", a.clip_eps_value),
+    ]:
         need(value > 0, f"{key}: must be > 0, got {value}")
     need(r.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {r.top_p}")
     need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     need(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
-    need(0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1,
-         f"algorithm.gamma / algorithm.gae_lambda: must be in [0, 1], got {a.gamma} / {a.gae_lambda}")
-    need(r.batch_size % r.samples_per_prompt == 0,
-         f"rollout.batch_size ({r.batch_size}) must be divisible by rollout.samples_per_prompt "
-         f"({r.samples_per_prompt})")
-    need(r.batch_size % a.num_minibatches == 0,
-         f"rollout.batch_size ({r.batch_size}) must be divisible by algorithm.num_minibatches ({a.num_minibatches})")
+    need(
+        0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1,
+        f"algorithm.gamma / algorithm.gae_lambda: must be in [0, 1], got {a.gamma} / {a.gae_lambda}",
+    )
+    need(
+        r.batch_size % r.samples_per_prompt == 0,
+        f"rollout.batch_size ({r.batch_size}) must be divisible by rollout.samples_per_prompt ({r.samples_per_prompt})",
+    )
+    need(
+        r.batch_size % a.num_minibatches == 0,
+        f"rollout.batch_size ({r.batch_size}) must be divisible by algorithm.num_minibatches ({a.num_minibatches})",
+    )
     minibatch = r.batch_size // a.num_minibatches
-    need(minibatch % t.micro_batch_size == 0,
-         f"minibatch size rollout.batch_size / algorithm.num_minibatches = {minibatch} must be divisible by "
-         f"train.micro_batch_size ({t.micro_batch_size})")
+    need(
+        minibatch % t.micro_batch_size == 0,
+        f"minibatch size rollout.batch_size / algorithm.num_minibatches = {minibatch} must be divisible by "
+        f"train.micro_batch_size ({t.micro_batch_size})",
+    )
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
     for c in cfg.reward.components:
-        need(c.kind != "callable" or bool(c.function and ":" in c.function),
-             f"reward.components: {c.name!r} of kind callable needs function: 'module:function'")
+        need(
+            c.kind != "callable" or bool(c.function and ":" in c.function),
+            f"reward.components: {c.name!r} of kind callable needs function: 'module:function'",
+        )
     names = [c.name for c in cfg.reward.components]
     need(len(set(names)) == len(names), f"reward.components: names must be unique, got {names}")
-    need(cfg.data.source != "file" or bool(cfg.data.prompts_file),
-         "data.prompts_file: required when data.source is 'file'")
+    need(
+        cfg.data.source != "file" or bool(cfg.data.prompts_file),
+        "data.prompts_file: required when data.source is 'file'",
+    )
     need(cfg.checkpoint.every >= 0, f"checkpoint.every: must be >= 0, got {cfg.checkpoint.every}")
 
 

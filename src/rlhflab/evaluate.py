@@ -27,7 +27,9 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 
 @torch.no_grad()
-def sample_and_judge(setup, cfg: Config, reward, prompts: list[str], use_reference: bool, seed: int) -> tuple[list[dict], dict]:
+def sample_and_judge(
+    setup, cfg: Config, reward, prompts: list[str], use_reference: bool, seed: int
+) -> tuple[list[dict], dict]:
     """Sample one completion per prompt (× eval.samples_per_prompt) and measure it; returns (rows, summary)."""
     from rlhflab.rollout import response_logprobs
     from rlhflab.train import sample_rollout
@@ -97,10 +99,14 @@ def format_table(before: list[dict], after: list[dict], width: int = 100) -> str
 
 def format_summary(summary: dict, threshold: float) -> str:
     b, a = summary["before"], summary["after"]
-    rows = [("mean score", "score_mean", "{:+.3f}"), (f"positive share (score > {threshold})", "positive_share",
-            "{:.0%}"), ("distinct-2 (diversity)", "distinct_2", "{:.3f}"), ("mean length (tokens)", "mean_length",
-            "{:.1f}"), ("ended with EOS", "eos_rate", "{:.0%}"),
-            ("perplexity under the starting model", "ref_perplexity", "{:.2f}")]
+    rows = [
+        ("mean score", "score_mean", "{:+.3f}"),
+        (f"positive share (score > {threshold})", "positive_share", "{:.0%}"),
+        ("distinct-2 (diversity)", "distinct_2", "{:.3f}"),
+        ("mean length (tokens)", "mean_length", "{:.1f}"),
+        ("ended with EOS", "eos_rate", "{:.0%}"),
+        ("perplexity under the starting model", "ref_perplexity", "{:.2f}"),
+    ]
     lines = ["", f"{'':<40} {'before':>10} {'after':>10}"]
     lines += [f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}" for label, key, fmt in rows]
     return "\n".join(lines)

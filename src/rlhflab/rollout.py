@@ -44,8 +44,10 @@ class Rollout:
 
     def select(self, index: torch.Tensor | slice) -> Rollout:
         """Rows ``index`` of every tensor field (for minibatches and micro-batches)."""
-        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
-                                if getattr(self, f.name) is not None})
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name)[index] for f in fields(self) if getattr(self, f.name) is not None},
+        )
 
     def chunks(self, size: int) -> Iterator[Rollout]:
         for start in range(0, len(self), size):
@@ -83,9 +85,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-             eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def generate(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations with a KV cache; stop early once every row has produced EOS.
 
     Returns ``(response_ids (B, T), sample_logprobs (B, T))`` with T <= max_new_tokens; positions after a row's
@@ -96,8 +107,14 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torc
     attention = prompt_mask.long()  # (B, P) grows by one column per step
     positions = position_ids(prompt_mask)
     cache = DynamicCache()
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     next_position = positions[:, -1:] + 1  # (B, 1)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, logprobs = [], []
@@ -113,8 +130,13 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torc
         if finished.all():
             break
         attention = torch.cat([attention, still_real.long()[:, None]], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                    past_key_values=out.past_key_values, use_cache=True)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=next_position,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
         next_position = next_position + 1
     return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
@@ -123,13 +145,18 @@ def forward_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     """(B, T, V) logits that predict each response token (only the T positions needed are projected)."""
     mask = rollout.attention_mask
     response_len = rollout.response_ids.shape[1]
-    out = model(input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask),
-                logits_to_keep=response_len + 1)
+    out = model(
+        input_ids=rollout.input_ids,
+        attention_mask=mask.long(),
+        position_ids=position_ids(mask),
+        logits_to_keep=response_len + 1,
+    )
     return out.logits[:, :-1]  # position P-1+t predicts response token t
 
 
-def response_logprobs(model: torch.nn.Module, rollout: Rollout, temperature: float,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def response_logprobs(
+    model: torch.nn.Module, rollout: Rollout, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T))."""
     logits = forward_logits(model, rollout)  # (B, T, V)
     logprobs = logprobs_from_logits(logits, rollout.response_ids, temperature)

@@ -39,8 +39,12 @@ class ProgressSink:
         self.bar = tqdm(total=total, initial=initial, desc="rlhf", unit="step", disable=not enabled, dynamic_ncols=True)
 
     def log(self, metrics: dict[str, float]) -> None:
-        self.bar.set_postfix(score=f"{metrics['objective/scores']:+.3f}", kl=f"{metrics['objective/kl']:.3f}",
-                             len=f"{metrics['gen/length']:.1f}", refresh=False)
+        self.bar.set_postfix(
+            score=f"{metrics['objective/scores']:+.3f}",
+            kl=f"{metrics['objective/kl']:.3f}",
+            len=f"{metrics['gen/length']:.1f}",
+            refresh=False,
+        )
         self.bar.update(1)
 
     def close(self) -> None:
@@ -51,8 +55,12 @@ class WandbSink:
     def __init__(self, cfg: Config, run_dir: Path):
         import wandb  # optional dependency: pip install 'rlhflab[tracking]'
 
-        self.run = wandb.init(project=cfg.tracking.project, name=cfg.tracking.run_name or run_dir.name,
-                              config=to_dict(cfg), dir=str(run_dir))
+        self.run = wandb.init(
+            project=cfg.tracking.project,
+            name=cfg.tracking.run_name or run_dir.name,
+            config=to_dict(cfg),
+            dir=str(run_dir),
+        )
 
     def log(self, metrics: dict[str, float]) -> None:
         self.run.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))

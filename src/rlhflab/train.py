@@ -90,18 +90,35 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
 def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int, device: torch.device):
     """Left-padded (B, P) ids and bool mask; long prompts keep their last ``max_tokens`` tokens."""
     tokenizer.truncation_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
-                    add_special_tokens=False)
+    enc = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_tokens,
+        add_special_tokens=False,
+    )
     return enc["input_ids"].to(device), enc["attention_mask"].bool().to(device)
 
 
-def sample_rollout(model, tokenizer, prompts: list[str], cfg: Config, generator: torch.Generator,
-                   device: torch.device) -> tuple[Rollout, list[str]]:
+def sample_rollout(
+    model, tokenizer, prompts: list[str], cfg: Config, generator: torch.Generator, device: torch.device
+) -> tuple[Rollout, list[str]]:
     """Generate completions of ``prompts`` with ``model``; returns the rollout (ids, masks) and the texts."""
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens, device)
     r = cfg.rollout
-    response_ids, _ = generate(model, prompt_ids, prompt_mask, r.max_new_tokens, tokenizer.eos_token_id,
-                               tokenizer.pad_token_id, generator, r.temperature, r.top_k, r.top_p)
+    response_ids, _ = generate(
+        model,
+        prompt_ids,
+        prompt_mask,
+        r.max_new_tokens,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        generator,
+        r.temperature,
+        r.top_k,
+        r.top_p,
+    )
     mask = response_mask(response_ids, tokenizer.eos_token_id)  # (B, T)
     completions = decode_completions(tokenizer, response_ids, mask)
     return Rollout(prompt_ids, prompt_mask, response_ids, mask), completions
@@ -110,8 +127,10 @@ def sample_rollout(model, tokenizer, prompts: list[str], cfg: Config, generator:
 def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     """Text of each response up to (not including) its EOS."""
     eos = tokenizer.eos_token_id
-    return [tokenizer.decode([t for t, m in zip(row.tolist(), keep.tolist()) if m and t != eos])
-            for row, keep in zip(response_ids, mask)]
+    return [
+        tokenizer.decode([t for t, m in zip(row.tolist(), keep.tolist()) if m and t != eos])
+        for row, keep in zip(response_ids, mask)
+    ]
 
 
 @torch.no_grad()
@@ -128,8 +147,12 @@ def score_rollout(setup: Setup, rollout: Rollout, cfg: Config, with_values: bool
         if with_values:
             values.append(roles.values(micro, cfg.critic.granularity))
     entropy = entropy_sum / rollout.response_mask.sum().item()
-    return replace(rollout, logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs),
-                   values=torch.cat(values) if with_values else None), entropy
+    return replace(
+        rollout,
+        logprobs=torch.cat(logprobs),
+        ref_logprobs=torch.cat(ref_logprobs),
+        values=torch.cat(values) if with_values else None,
+    ), entropy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,8 +209,11 @@ def train(cfg: Config, overwrite: bool = False) -> Path:
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     total_updates = t.steps * a.ppo_epochs * a.num_minibatches
     warmup = int(t.warmup_ratio * total_updates)
-    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, total_updates) if t.lr_schedule == "cosine"
-                 else get_constant_schedule_with_warmup(optimizer, warmup))
+    scheduler = (
+        get_cosine_schedule_with_warmup(optimizer, warmup, total_updates)
+        if t.lr_schedule == "cosine"
+        else get_constant_schedule_with_warmup(optimizer, warmup)
+    )
     kl_ctl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
     trackers = Trackers(cfg, run_dir, t.steps)
     prompts_per_step = r.batch_size // r.samples_per_prompt

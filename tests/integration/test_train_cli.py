@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +13,63 @@ from safetensors.torch import load_file
 from rlhflab.cli import main
 from rlhflab.models.loading import load_causal_lm
 
-REQUIRED_METRICS = ["step", "objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy",
-                    "policy/approxkl", "policy/clipfrac", "policy/ratio", "loss/policy", "loss/value",
-                    "val/clipfrac", "val/explained_variance", "gen/length", "gen/eos_rate", "lr", "time/step",
-                    "time/generate", "time/update", "perf/tokens_per_second", "reward/length"]
+REQUIRED_METRICS = [
+    "step",
+    "objective/scores",
+    "objective/kl",
+    "objective/rlhf_reward",
+    "objective/entropy",
+    "policy/approxkl",
+    "policy/clipfrac",
+    "policy/ratio",
+    "loss/policy",
+    "loss/value",
+    "val/clipfrac",
+    "val/explained_variance",
+    "gen/length",
+    "gen/eos_rate",
+    "lr",
+    "time/step",
+    "time/generate",
+    "time/update",
+    "perf/tokens_per_second",
+    "reward/length",
+]
 
 
 def run_args(model_dir, prompts_file, out, *extra):
-    return ["train", "--config", str(prompts_file.parent / "empty.yaml"), "--output-dir", str(out), "--steps", "2",
-            "--set", f"model.name={model_dir}", "--set", "model.device=cpu", "--set", "data.source=file",
-            "--set", f"data.prompts_file={prompts_file}", "--set", "rollout.batch_size=8",
-            "--set", "train.micro_batch_size=4", "--set", "rollout.max_new_tokens=6", "--set", "train.lr=1e-2",
-            "--set", "eval.max_prompts=4", "--set", "tracking.progress=false",
-            "--set", "reward.components=[{name: length, kind: callable, function: \"reward_fns:length_reward\"}]",
-            *extra]
+    return [
+        "train",
+        "--config",
+        str(prompts_file.parent / "empty.yaml"),
+        "--output-dir",
+        str(out),
+        "--steps",
+        "2",
+        "--set",
+        f"model.name={model_dir}",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "data.source=file",
+        "--set",
+        f"data.prompts_file={prompts_file}",
+        "--set",
+        "rollout.batch_size=8",
+        "--set",
+        "train.micro_batch_size=4",
+        "--set",
+        "rollout.max_new_tokens=6",
+        "--set",
+        "train.lr=1e-2",
+        "--set",
+        "eval.max_prompts=4",
+        "--set",
+        "tracking.progress=false",
+        "--set",
+        'reward.components=[{name: length, kind: callable, function: "reward_fns:length_reward"}]',
+        *extra,
+    ]
 
 
 @pytest.fixture()
@@ -43,6 +87,10 @@ def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, e
     for key in REQUIRED_METRICS:
         assert all(key in m and m[key] is not None and math.isfinite(m[key]) for m in lines), key
     assert abs(lines[0]["objective/kl"]) < 1e-6  # the policy starts equal to the reference
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    for key in lines[0]:
+        name = "reward/<name>" if key.startswith("reward/") else key
+        assert f"`{name}`" in documented, f"metric {key} is not documented in docs/metrics.md"
 
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["train"]["steps"] == 2 and resolved["model"]["name"] == str(tiny_model_dir)
@@ -73,14 +121,23 @@ def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
     """Train 2 steps in-process and compare every base weight before/after (the LoRA ones must move)."""
     from dataclasses import replace
 
+    from rlhflab.algorithms.ppo import ppo_advantages
     from rlhflab.config import build_config
     from rlhflab.train import load_setup, sample_rollout, score_rollout, update
-    from rlhflab.algorithms.ppo import ppo_advantages
 
-    cfg = build_config(overrides=[f"model.name={tiny_model_dir}", "model.device=cpu", "data.source=file",
-                                  f"data.prompts_file={prompts_file}", "rollout.batch_size=8",
-                                  "train.micro_batch_size=4", "rollout.max_new_tokens=6", "train.lr=1e-2",
-                                  "train.warmup_ratio=0"])
+    cfg = build_config(
+        overrides=[
+            f"model.name={tiny_model_dir}",
+            "model.device=cpu",
+            "data.source=file",
+            f"data.prompts_file={prompts_file}",
+            "rollout.batch_size=8",
+            "train.micro_batch_size=4",
+            "rollout.max_new_tokens=6",
+            "train.lr=1e-2",
+            "train.warmup_ratio=0",
+        ]
+    )
     setup = load_setup(cfg)
     model = setup.roles.policy
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}

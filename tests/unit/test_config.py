@@ -32,8 +32,16 @@ def test_demo_preset_values():
 
 
 def test_overrides_are_typed():
-    cfg = build_config(preset="demo-ppo", overrides=["train.lr=3e-5", "tracking.wandb=true", "train.steps=7",
-                                                     "algorithm.kl_target=null", "lora.target_modules=[dense]"])
+    cfg = build_config(
+        preset="demo-ppo",
+        overrides=[
+            "train.lr=3e-5",
+            "tracking.wandb=true",
+            "train.steps=7",
+            "algorithm.kl_target=null",
+            "lora.target_modules=[dense]",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)
     assert cfg.tracking.wandb is True and cfg.train.steps == 7 and cfg.algorithm.kl_target is None
     assert cfg.lora.target_modules == ["dense"]
@@ -92,17 +100,39 @@ def test_every_field_has_a_docstring():
     def walk(cls):
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(f.type) or f.name in {"model", "lora", "critic", "data", "reward", "rollout",
-                                                                 "algorithm", "train", "eval", "tracking",
-                                                                 "checkpoint"}:
+            if dataclasses.is_dataclass(f.type) or f.name in {
+                "model",
+                "lora",
+                "critic",
+                "data",
+                "reward",
+                "rollout",
+                "algorithm",
+                "train",
+                "eval",
+                "tracking",
+                "checkpoint",
+            }:
                 continue
             assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
 
     from rlhflab import config as c
 
-    for cls in (c.Config, c.ModelConfig, c.LoraSettings, c.CriticConfig, c.DataConfig, c.RewardComponent,
-                c.RewardConfig, c.RolloutConfig, c.AlgorithmConfig, c.TrainConfig, c.EvalConfig, c.TrackingConfig,
-                c.CheckpointConfig):
+    for cls in (
+        c.Config,
+        c.ModelConfig,
+        c.LoraSettings,
+        c.CriticConfig,
+        c.DataConfig,
+        c.RewardComponent,
+        c.RewardConfig,
+        c.RolloutConfig,
+        c.AlgorithmConfig,
+        c.TrainConfig,
+        c.EvalConfig,
+        c.TrackingConfig,
+        c.CheckpointConfig,
+    ):
         walk(cls)
     assert any("train.lr" in line for line in describe_fields())
 

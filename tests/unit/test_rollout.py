@@ -16,9 +16,19 @@ PROMPTS = ["the movie was", "i really hated this film because the plot", "honest
 
 
 def make_cfg(model_dir, prompts_file, *extra):
-    return build_config(overrides=[f"model.name={model_dir}", "model.device=cpu", "model.dtype=fp32",
-                                   "data.source=file", f"data.prompts_file={prompts_file}", "rollout.batch_size=8",
-                                   "train.micro_batch_size=8", "rollout.max_new_tokens=6", *extra])
+    return build_config(
+        overrides=[
+            f"model.name={model_dir}",
+            "model.device=cpu",
+            "model.dtype=fp32",
+            "data.source=file",
+            f"data.prompts_file={prompts_file}",
+            "rollout.batch_size=8",
+            "train.micro_batch_size=8",
+            "rollout.max_new_tokens=6",
+            *extra,
+        ]
+    )
 
 
 def test_response_mask_keeps_the_first_eos_only():

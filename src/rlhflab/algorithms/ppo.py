@@ -27,9 +27,7 @@ def ppo_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rollo
     """Per-token rewards r_t = −β·k1_t (+ score at the last kept token), then GAE (token critic) or
     A = R − V with R = Σ_t r_t (sequence critic); advantages are whitened over valid tokens."""
     a, mask = cfg.algorithm, rollout.response_mask
-    rewards, kl = token_rewards(
-        rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, kl_coef
-    )  # (B, T)
+    rewards, kl = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, kl_coef)  # (B, T)
     if cfg.critic.granularity == "sequence":
         returns = rewards.sum(dim=1, keepdim=True)  # (B, 1) = score − β Σ_t KL_t
         advantages = sequence_advantages(returns, rollout.values)  # (B, 1)
@@ -54,9 +52,7 @@ def ppo_micro_step(
     a = cfg.algorithm
     mask = micro.response_mask
     logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
-    advantages = (
-        micro.advantages if micro.advantages.shape[1] > 1 else micro.advantages[:, 0]
-    )  # (b, T) | (b,)
+    advantages = micro.advantages if micro.advantages.shape[1] > 1 else micro.advantages[:, 0]  # (b, T) | (b,)
     policy_loss, policy_stats = ppo_policy_loss(
         logprobs,
         micro.logprobs,

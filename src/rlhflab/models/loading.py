@@ -13,8 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from rlhflab.errors import UserError
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -47,8 +53,10 @@ def _check_source(name: str, key: str) -> None:
 
 
 def _load_error(name: str, key: str, err: Exception) -> UserError:
-    return UserError(f"{key}: cannot load {name!r} as a local directory or a Hugging Face hub id "
-                     f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    return UserError(
+        f"{key}: cannot load {name!r} as a local directory or a Hugging Face hub id "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    )
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model.name") -> PreTrainedTokenizerBase:
@@ -60,8 +68,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model
     """
     _check_source(name, key)
     try:
-        tok = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name,
-                                            trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name,
+            trust_remote_code=trust_remote_code,
+        )
     except (OSError, ValueError) as err:
         raise _load_error(name, key, err) from err
     tok.padding_side = "left"
@@ -74,14 +84,20 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model
     return tok
 
 
-def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                   trust_remote_code: bool = False, key: str = "model.name") -> torch.nn.Module:
+def load_causal_lm(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    trust_remote_code: bool = False,
+    key: str = "model.name",
+) -> torch.nn.Module:
     """``AutoModelForCausalLM`` from a hub id or a local directory, in ``dtype`` on ``device``, eval mode."""
     _check_source(name, key)
     path = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=None)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
+        )
     except (OSError, ValueError) as err:
         raise _load_error(name, key, err) from err
     return model.to(device).eval()

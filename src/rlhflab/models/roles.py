@@ -31,8 +31,14 @@ POLICY, CRITIC = "default", "critic"
 
 
 def lora_config(r: int, alpha: int, dropout: float, targets: list[str], bias: str = "none") -> LoraConfig:
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias=bias,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+        bias=bias,
+        task_type="CAUSAL_LM",
+    )
 
 
 class Roles:
@@ -47,7 +53,9 @@ class Roles:
         critic_base = copy.deepcopy(base) if separate and with_critic else None
 
         self.policy: PeftModel = get_peft_model(
-            base, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias), adapter_name=POLICY
+            base,
+            lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias),
+            adapter_name=POLICY,
         )
         self.critic: PeftModel | None = None
         self.value_head: torch.nn.Linear | None = None
@@ -111,8 +119,9 @@ class Roles:
         self.critic.set_adapter(CRITIC)
         mask = rollout.attention_mask
         backbone = self.critic.get_base_model().base_model  # GPTNeoXModel etc.: hidden states, no LM head
-        hidden = backbone(input_ids=rollout.input_ids, attention_mask=mask.long(),
-                          position_ids=position_ids(mask)).last_hidden_state  # (B, P + T, H)
+        hidden = backbone(
+            input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask)
+        ).last_hidden_state  # (B, P + T, H)
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         if granularity == "sequence":
             hidden = hidden[:, prompt_len - 1 : prompt_len]  # (B, 1, H): the state before the first token
@@ -128,18 +137,24 @@ class Roles:
         if self.critic is not None:
             self.critic.save_pretrained(str(directory), selected_adapters=[CRITIC])  # → directory/critic/
         if self.value_head is not None:
-            save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
-                      str(directory / "value_head.safetensors"))
+            save_file(
+                {k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
+                str(directory / "value_head.safetensors"),
+            )
 
     def load(self, directory: Path) -> None:
         """Load adapters and value head written by :meth:`save` (safetensors only)."""
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.policy, load_file(str(directory / "adapter_model.safetensors")),
-                                  adapter_name=POLICY)
+        set_peft_model_state_dict(
+            self.policy, load_file(str(directory / "adapter_model.safetensors")), adapter_name=POLICY
+        )
         if self.critic is not None:
-            set_peft_model_state_dict(self.critic, load_file(str(directory / CRITIC / "adapter_model.safetensors")),
-                                      adapter_name=CRITIC)
+            set_peft_model_state_dict(
+                self.critic,
+                load_file(str(directory / CRITIC / "adapter_model.safetensors")),
+                adapter_name=CRITIC,
+            )
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(str(directory / "value_head.safetensors")))
         self.policy.set_adapter(POLICY)

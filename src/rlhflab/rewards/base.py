@@ -31,12 +31,15 @@ class CompositeReward:
         for spec, judge in self.components:
             values = [float(v) for v in judge(prompts, completions)]
             if len(values) != len(completions):
-                raise UserError(f"reward component {spec.name!r} returned {len(values)} scores for "
-                                f"{len(completions)} completions")
+                raise UserError(
+                    f"reward component {spec.name!r} returned {len(values)} scores for {len(completions)} completions"
+                )
             for i, v in enumerate(values):
                 if not math.isfinite(v):
-                    raise FloatingPointError(f"reward component {spec.name!r} returned {v} for sample {i}: "
-                                             f"prompt={prompts[i]!r} completion={completions[i]!r}")
+                    raise FloatingPointError(
+                        f"reward component {spec.name!r} returned {v} for sample {i}: "
+                        f"prompt={prompts[i]!r} completion={completions[i]!r}"
+                    )
             parts[spec.name] = torch.tensor(values, dtype=torch.float32)
             total = total + spec.weight * parts[spec.name]
         return total, parts
