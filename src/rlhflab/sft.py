@@ -107,7 +107,7 @@ def pack_documents(docs: Sequence[Sequence[int]], max_length: int, eos_id: int) 
     for doc in docs:
         stream.extend(doc)
     n_blocks = len(stream) // max_length
-    return [stream[i * max_length:(i + 1) * max_length] for i in range(n_blocks)]
+    return [stream[i * max_length : (i + 1) * max_length] for i in range(n_blocks)]
 
 
 def collate(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +116,8 @@ def collate(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, t
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = True
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = True
     return input_ids, mask
 
 
@@ -129,19 +129,20 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 def _length_grouped_batches(docs: Sequence[Sequence[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Indices of ``docs`` in batches of similar length (little padding), in random batch order."""
     order = sorted(range(len(docs)), key=lambda i: (len(docs[i]), rng.random()))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-def _batch_stream(rows: Sequence[Sequence[int]], cfg: SFTConfig, pad_id: int,
-                  rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batch_stream(
+    rows: Sequence[Sequence[int]], cfg: SFTConfig, pad_id: int, rng: random.Random
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless micro-batches, reshuffled every epoch."""
     while True:
         if cfg.packing:  # all blocks have the same length: plain shuffling
             order = list(range(len(rows)))
             rng.shuffle(order)
-            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         else:
             batches = _length_grouped_batches(rows, cfg.batch_size, rng)
         for batch in batches:
@@ -158,17 +159,25 @@ def lm_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Ten
     Target ``t`` counts when both it and the token before it (its context position) are real, so pads neither
     predict nor are predicted. Explicit ``position_ids`` make a left-padded row see the same positions as alone.
     """
-    logits = model(input_ids=input_ids, attention_mask=mask.long(),
-                   position_ids=position_ids_from_mask(mask)).logits  # (B, T, V)
+    logits = model(
+        input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask)
+    ).logits  # (B, T, V)
     targets = input_ids[:, 1:].masked_fill(~(mask[:, 1:] & mask[:, :-1]), IGNORE_INDEX)  # (B, T-1)
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                          reduction="sum")
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return nll, int((targets != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 32,
-               max_length: int = 1024, add_eos: bool = True) -> float:
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    max_length: int = 1024,
+    add_eos: bool = True,
+) -> float:
     """exp(mean NLL per predicted token) of ``text + EOS`` documents, the quantity SFT minimises.
 
     Each text is scored on its own (left-padded batches; the first token, having no context, is not predicted).
@@ -182,7 +191,7 @@ def perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], batch_si
     order = sorted(range(len(docs)), key=lambda i: len(docs[i]))
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
-        input_ids, mask = collate([docs[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
+        input_ids, mask = collate([docs[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
         nll, n = lm_loss_sum(model, input_ids.to(device), mask.to(device))
         total, count = total + float(nll), count + n
     model.train(was_training)
@@ -197,8 +206,14 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT ``PeftModel`` whose only trainable weights are the LoRA adapter's."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.targets), bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -210,8 +225,9 @@ def _optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
-def train_sft(model: torch.nn.Module, tokenizer, texts: Sequence[str], cfg: SFTConfig,
-              eval_texts: Sequence[str] | None = None) -> dict:
+def train_sft(
+    model: torch.nn.Module, tokenizer, texts: Sequence[str], cfg: SFTConfig, eval_texts: Sequence[str] | None = None
+) -> dict:
     """Fine-tune ``model`` on ``texts`` (next-token loss, every document ends with EOS); return stats.
 
     With ``cfg.lora`` the model is first wrapped by ``apply_lora`` (unless it already is a PEFT model) and only the
@@ -230,8 +246,10 @@ def train_sft(model: torch.nn.Module, tokenizer, texts: Sequence[str], cfg: SFTC
     docs = encode_documents(tokenizer, texts, cfg.max_length)
     rows = pack_documents(docs, cfg.max_length, tokenizer.eos_token_id) if cfg.packing else docs
     if not rows:
-        raise ValueError(f"SFT: no training {'blocks' if cfg.packing else 'documents'} "
-                         f"({len(texts)} texts, max_length {cfg.max_length})")
+        raise ValueError(
+            f"SFT: no training {'blocks' if cfg.packing else 'documents'} "
+            f"({len(texts)} texts, max_length {cfg.max_length})"
+        )
     steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.batch_size) / cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
@@ -268,8 +286,10 @@ def train_sft(model: torch.nn.Module, tokenizer, texts: Sequence[str], cfg: SFTC
         n_tokens += step_targets
         bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
-            tqdm.write(f"sft step {step + 1}/{total_steps}  loss {sum(losses[-cfg.log_every:]) / cfg.log_every:.4f}"
-                       f"  lr {scheduler.get_last_lr()[0]:.2e}")
+            tqdm.write(
+                f"sft step {step + 1}/{total_steps}  loss {sum(losses[-cfg.log_every :]) / cfg.log_every:.4f}"
+                f"  lr {scheduler.get_last_lr()[0]:.2e}"
+            )
     bar.close()
     elapsed = time.perf_counter() - start
     model.eval()
@@ -277,15 +297,27 @@ def train_sft(model: torch.nn.Module, tokenizer, texts: Sequence[str], cfg: SFTC
     if eval_texts:
         stats["ppl_after"] = perplexity(model, tokenizer, eval_texts, cfg.eval_batch_size, cfg.max_length)
     stats.update(
-        steps=total_steps, epochs=total_steps / steps_per_epoch, tokens=n_tokens, time_s=elapsed,
-        tokens_per_s=n_tokens / max(elapsed, 1e-9), trainable_params=sum(p.numel() for p in trainable),
-        loss_first=losses[0], loss_last=sum(losses[-10:]) / len(losses[-10:]), losses=losses, model=model,
+        steps=total_steps,
+        epochs=total_steps / steps_per_epoch,
+        tokens=n_tokens,
+        time_s=elapsed,
+        tokens_per_s=n_tokens / max(elapsed, 1e-9),
+        trainable_params=sum(p.numel() for p in trainable),
+        loss_first=losses[0],
+        loss_last=sum(losses[-10:]) / len(losses[-10:]),
+        losses=losses,
+        model=model,
     )
     return stats
 
 
-def run_sft(model_name: str, texts: Sequence[str], output_dir: str | Path, cfg: SFTConfig,
-            eval_texts: Sequence[str] | None = None) -> dict:
+def run_sft(
+    model_name: str,
+    texts: Sequence[str],
+    output_dir: str | Path,
+    cfg: SFTConfig,
+    eval_texts: Sequence[str] | None = None,
+) -> dict:
     """Load ``model_name`` (hub id or local dir), ``train_sft`` it, save to ``output_dir``; return the stats.
 
     Saves the LoRA adapter in PEFT format (``PeftModel.from_pretrained(base, output_dir)``) in LoRA mode, the

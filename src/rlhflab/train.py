@@ -22,7 +22,7 @@ from rlhflab.data.prompts import PromptSampler, read_prompts
 from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
-from rlhflab.ops import kl_penalty, masked_mean, masked_sum
+from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.rewards import build_reward
 from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
 from rlhflab.tracking import Trackers
@@ -125,12 +125,8 @@ def sample_rollout(
 
 
 def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Text of each response up to (not including) its EOS."""
-    eos = tokenizer.eos_token_id
-    return [
-        tokenizer.decode([t for t, m in zip(row.tolist(), keep.tolist()) if m and t != eos])
-        for row, keep in zip(response_ids, mask)
-    ]
+    """Text of each response up to its EOS, special tokens left out."""
+    return [tokenizer.decode(row[keep].tolist(), skip_special_tokens=True) for row, keep in zip(response_ids, mask)]
 
 
 @torch.no_grad()
@@ -296,7 +292,3 @@ def save_checkpoint(roles: Roles, run_dir: Path, step: int, keep: int) -> Path:
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old)
     return final
-
-
-def mean_over(values: torch.Tensor, mask: torch.Tensor) -> float:
-    return masked_mean(values, mask).item()

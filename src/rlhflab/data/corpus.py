@@ -62,63 +62,84 @@ class Review:
 # Vocabulary. Neutral slots (titles, names, roles, places, genres) avoid every word VADER scores; sentiment slots
 # use only words VADER scores (positive ones >= +1.3, negative ones <= -1.1).
 
-_TITLE_ADJ = ("Silent", "Last", "Northern", "Hidden", "Long", "Red", "Second", "Quiet", "Distant", "Golden",
-              "Winter", "Summer", "Iron", "Glass", "Paper", "Velvet", "Seventh", "Electric", "Midnight", "Blue")
-_TITLE_NOUN = ("Harbor", "Road", "River", "House", "Garden", "Station", "City", "Mountain", "Letter", "Island",
-               "Bridge", "Window", "Signal", "Frontier", "Orchard", "Lantern", "Tide", "Valley", "Compass", "Hotel")
-_FIRST = ("Anna", "Maria", "Laura", "Emma", "Clara", "Nina", "Sofia", "Julia", "David", "Tom", "Paul", "Daniel",
-          "Marco", "Peter", "Lucas", "Oscar")
-_LAST = ("Keller", "Reyes", "Novak", "Brennan", "Moreau", "Lindqvist", "Okafor", "Tanaka", "Russo", "Hale",
-         "Carter", "Weiss", "Duval", "Moreno")
-_GENRES = ("drama", "western", "mystery", "musical", "documentary", "science fiction film", "family film",
-           "period piece", "road movie", "animated film", "fantasy film", "spy film", "courtroom drama",
-           "sports drama", "heist film")
-_ROLES = ("a retired detective", "a young teacher", "an old fisherman", "a ship captain", "a small-town doctor",
-          "a famous singer", "a jazz pianist", "a country lawyer", "a night nurse", "a train conductor",
-          "a college student", "a quiet librarian", "an architect", "a taxi driver", "a chess player")
-_ACTIONS = ("moves to a new city", "returns home after many years", "travels across the country",
-            "starts a new job", "inherits an old house", "opens a small restaurant", "joins a touring band",
-            "takes a long journey by train", "spends a summer on an island", "tries to finish a novel",
-            "searches for an old letter", "goes back to school", "buys a farm", "learns to sail")
-_PLACES = ("a small coastal town", "a quiet village", "Paris in the sixties", "New York", "a space station",
-           "the desert", "a boarding school", "Rome", "a mountain village", "Berlin in winter",
-           "a fishing town in Norway", "Tokyo", "a farm in Texas", "London in the fifties")
-_RELATIVES = ("sister", "brother", "parents", "wife", "husband", "father", "mother", "roommate", "cousin",
-              "grandmother")
-_WHEN = ("last night", "last weekend", "on a long flight", "at a small cinema", "on a Sunday afternoon",
-         "at home", "yesterday")
-_DURATIONS = ("two hours", "ninety minutes", "an hour and a half", "two and a half hours")
-_MADE = ("shot", "written", "handled", "put together", "edited")
 
-# (phrase, plural) — the parts of a film a sentence can judge.
-_ASPECTS = (
-    ("the acting", False), ("the plot", False), ("the story", False), ("the music", False),
-    ("the soundtrack", False), ("the score", False), ("the direction", False), ("the cinematography", False),
-    ("the camera work", False), ("the dialogue", False), ("the script", False), ("the pacing", False),
-    ("the ending", False), ("the final act", False), ("the opening scene", False), ("the lead actor", False),
-    ("the lead actress", False), ("the other actors", True), ("the characters", True),
-    ("the visual effects", True), ("the editing", False), ("the costumes", True), ("the set design", False),
-    ("the action scenes", True), ("the first half", False), ("the second half", False),
-    ("the main character", False), ("the director", False), ("the cast", False),
+def _split(items: str) -> tuple[str, ...]:
+    """``"a b | c"`` -> ``("a b", "c")``: long word lists stay compact and readable under ``ruff format``."""
+    return tuple(item.strip() for item in items.split("|"))
+
+
+_TITLE_ADJ = _split(
+    "Silent | Last | Northern | Hidden | Long | Red | Second | Quiet | Distant | Golden | Winter | Summer | Iron | "
+    "Glass | Paper | Velvet | Seventh | Electric | Midnight | Blue"
+)
+_TITLE_NOUN = _split(
+    "Harbor | Road | River | House | Garden | Station | City | Mountain | Letter | Island | Bridge | Window | "
+    "Signal | Frontier | Orchard | Lantern | Tide | Valley | Compass | Hotel"
+)
+_FIRST = _split(
+    "Anna | Maria | Laura | Emma | Clara | Nina | Sofia | Julia | David | Tom | Paul | Daniel | Marco | Peter | "
+    "Lucas | Oscar"
+)
+_LAST = _split(
+    "Keller | Reyes | Novak | Brennan | Moreau | Lindqvist | Okafor | Tanaka | Russo | Hale | Carter | Weiss | "
+    "Duval | Moreno"
+)
+_GENRES = _split(
+    "drama | western | mystery | musical | documentary | science fiction film | family film | period piece | "
+    "road movie | animated film | fantasy film | spy film | courtroom drama | sports drama | heist film"
+)
+_ROLES = _split(
+    "a retired detective | a young teacher | an old fisherman | a ship captain | a small-town doctor | "
+    "a famous singer | a jazz pianist | a country lawyer | a night nurse | a train conductor | a college student | "
+    "a quiet librarian | an architect | a taxi driver | a chess player"
+)
+_ACTIONS = _split(
+    "moves to a new city | returns home after many years | travels across the country | starts a new job | "
+    "inherits an old house | opens a small restaurant | joins a touring band | takes a long journey by train | "
+    "spends a summer on an island | tries to write a book | searches for an old letter | goes back to school | "
+    "buys a farm | learns to sail"
+)
+_PLACES = _split(
+    "a small coastal town | a quiet village | Paris in the sixties | New York | a space station | the desert | "
+    "a boarding school | Rome | a mountain village | Berlin in winter | a fishing town in Norway | Tokyo | "
+    "a farm in Texas | London in the fifties"
+)
+_RELATIVES = _split("sister | brother | parents | wife | husband | father | mother | roommate | cousin | grandmother")
+_WHEN = _split(
+    "last night | last weekend | on a long flight | at a small cinema | on a Sunday afternoon | at home | yesterday"
+)
+_DURATIONS = _split("two hours | ninety minutes | an hour and a half | two and a half hours")
+_MADE = _split("shot | written | handled | put together | edited")
+
+# The parts of a film a sentence can judge; a phrase ending in a single "s" is plural ("the costumes were").
+_ASPECTS = _split(
+    "the acting | the plot | the story | the music | the soundtrack | the score | the direction | "
+    "the cinematography | the camera work | the dialogue | the script | the pacing | the ending | the final act | "
+    "the opening scene | the lead actor | the lead actress | the other actors | the characters | "
+    "the visual effects | the editing | the costumes | the set design | the action scenes | the first half | "
+    "the second half | the main character | the director | the cast"
 )
 _ASPECT_SUFFIXES = (" in this film", " in this movie", " of this movie", " of the film")
 
-_POS_ADJ = ("good", "great", "excellent", "wonderful", "brilliant", "superb", "fantastic", "amazing", "beautiful",
-            "lovely", "charming", "delightful", "enjoyable", "clever", "impressive", "outstanding", "perfect",
-            "strong", "stunning", "gorgeous", "engaging", "entertaining", "thrilling", "exciting", "fresh",
-            "smart", "sweet", "inspiring", "satisfying", "elegant", "powerful", "pleasant", "nice", "terrific",
-            "funny")
-_NEG_ADJ = ("bad", "terrible", "awful", "horrible", "boring", "dull", "weak", "poor", "disappointing", "stupid",
-            "dumb", "ugly", "painful", "lazy", "annoying", "miserable", "lame", "ridiculous",
-            "pathetic", "unpleasant", "frustrating", "irritating", "embarrassing", "messy", "tired", "fake", "lousy",
-            "idiotic", "dreadful", "horrendous", "insulting", "nasty", "incompetent")
-_POS_VERB = ("loved", "enjoyed", "liked", "admired")
-_NEG_VERB = ("hated", "disliked", "did not enjoy", "did not like")
-_POS_FEELING = ("happy", "glad", "pleased", "delighted")
-_NEG_FEELING = ("bored", "tired", "disappointed", "angry", "sad")
-_INTENSIFIERS = ("",) * 8 + ("really ", "very ", "quite ", "so ", "incredibly ", "extremely ", "absolutely ",
-                             "rather ")
-_WASTED = ("time", "two hours", "an evening", "money")
+_POS_ADJ = _split(
+    "good | great | excellent | wonderful | brilliant | superb | fantastic | amazing | beautiful | lovely | "
+    "charming | delightful | enjoyable | clever | impressive | outstanding | perfect | strong | stunning | gorgeous | "
+    "engaging | entertaining | thrilling | exciting | fresh | smart | sweet | inspiring | satisfying | elegant | "
+    "powerful | pleasant | nice | terrific | funny"
+)
+_NEG_ADJ = _split(
+    "bad | terrible | awful | horrible | boring | dull | weak | poor | disappointing | stupid | dumb | ugly | "
+    "painful | lazy | annoying | miserable | lame | ridiculous | pathetic | unpleasant | frustrating | irritating | "
+    "embarrassing | messy | tired | fake | lousy | idiotic | dreadful | horrendous | insulting | nasty | incompetent"
+)
+_POS_VERB = _split("loved | enjoyed | liked | admired")
+_NEG_VERB = _split("hated | disliked | did not enjoy | did not like")
+_POS_FEELING = _split("happy | glad | pleased | delighted")
+_NEG_FEELING = _split("bored | tired | disappointed | angry | sad")
+_INTENSIFIERS = ("",) * 8 + tuple(
+    w + " " for w in _split("really | very | quite | so | incredibly | extremely | absolutely | rather")
+)
+_WASTED = _split("time | two hours | an evening | money")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sentence templates. Slots: {s}/{s2} aspects with agreeing {be}/{be2}; {pos}/{pos2}/{neg}/{neg2} adjectives;
@@ -232,15 +253,37 @@ _NEUTRAL = (
     "{name} and {name2} star in it.",
 )
 _CLOSE = {
-    "positive": ("Highly recommended.", "Go and see it.", "I will watch it again.", "Nine out of ten.",
-                 "Overall, the movie was {pos}.", "A {int}{pos} film."),
-    "negative": ("Skip this one.", "Not worth your time.", "I will not watch it again.", "Two out of ten.",
-                 "Overall, the movie was {neg}.", "A {int}{neg} film."),
-    "mixed": ("Overall, it is a mixed bag.", "It has good moments and bad moments.",
-              "Worth seeing once, but do not expect too much.", "Five out of ten.", "Not great, not terrible.",
-              "Some parts are {pos} and some are {neg}."),
-    "neutral": ("Make of it what you will.", "I am still thinking about it.", "See it and decide for yourself.",
-                "Six out of ten.", "It is the sort of film people talk about."),
+    "positive": (
+        "Highly recommended.",
+        "Go and see it.",
+        "I will watch it again.",
+        "Nine out of ten.",
+        "Overall, the movie was {pos}.",
+        "A {int}{pos} film.",
+    ),
+    "negative": (
+        "Skip this one.",
+        "Not worth your time.",
+        "I will not watch it again.",
+        "Two out of ten.",
+        "Overall, the movie was {neg}.",
+        "A {int}{neg} film.",
+    ),
+    "mixed": (
+        "Overall, it is a mixed bag.",
+        "It has good moments and bad moments.",
+        "Worth seeing once, but do not expect too much.",
+        "Five out of ten.",
+        "Not great, not terrible.",
+        "Some parts are {pos} and some are {neg}.",
+    ),
+    "neutral": (
+        "Make of it what you will.",
+        "I am still thinking about it.",
+        "See it and decide for yourself.",
+        "Six out of ten.",
+        "It is the sort of film people talk about.",
+    ),
 }
 _BODY_PREFIXES = ("Honestly, ", "Also, ", "Overall, ", "In the end, ", "On the whole, ")
 _LOWER_AFTER_PREFIX = ("The ", "This ", "It ", "What ", "Every ", "There ", "Although ", "Before ", "By ")
@@ -260,7 +303,8 @@ class _Writer:
         self.rng = rng
 
     def aspect(self) -> tuple[str, bool]:
-        phrase, plural = self.rng.choice(_ASPECTS)
+        phrase = self.rng.choice(_ASPECTS)
+        plural = phrase.endswith("s") and not phrase.endswith("ss")
         if self.rng.random() < 0.15:
             phrase += self.rng.choice(_ASPECT_SUFFIXES)
         return phrase, plural
@@ -277,15 +321,36 @@ class _Writer:
         genre = r.choice(_GENRES)
         title = f"The {r.choice(_TITLE_ADJ)} {r.choice(_TITLE_NOUN)}"
         if r.random() < 0.25:
-            title = title[len("The "):]
+            title = title[len("The ") :]
         name, name2 = (f"{r.choice(_FIRST)} {r.choice(_LAST)}" for _ in range(2))
         text = template.format(
-            s=s, s2=s2, be=be[past, s_plural], be2=be[past, s2_plural], be1=be[past, False],
-            pos=pos, pos2=pos2, neg=neg, neg2=neg2, int=r.choice(_INTENSIFIERS),
-            pv=r.choice(_POS_VERB), nv=r.choice(_NEG_VERB), pf=r.choice(_POS_FEELING), nf=r.choice(_NEG_FEELING),
-            title=title, genre=genre, genres=_plural(genre), name=name, name2=name2, role=r.choice(_ROLES),
-            action=r.choice(_ACTIONS), place=r.choice(_PLACES), when=r.choice(_WHEN), rel=r.choice(_RELATIVES),
-            film=r.choice(("film", "movie")), dur=r.choice(_DURATIONS), made=r.choice(_MADE),
+            s=s,
+            s2=s2,
+            be=be[past, s_plural],
+            be2=be[past, s2_plural],
+            be1=be[past, False],
+            pos=pos,
+            pos2=pos2,
+            neg=neg,
+            neg2=neg2,
+            int=r.choice(_INTENSIFIERS),
+            pv=r.choice(_POS_VERB),
+            nv=r.choice(_NEG_VERB),
+            pf=r.choice(_POS_FEELING),
+            nf=r.choice(_NEG_FEELING),
+            title=title,
+            genre=genre,
+            genres=_plural(genre),
+            name=name,
+            name2=name2,
+            role=r.choice(_ROLES),
+            action=r.choice(_ACTIONS),
+            place=r.choice(_PLACES),
+            when=r.choice(_WHEN),
+            rel=r.choice(_RELATIVES),
+            film=r.choice(("film", "movie")),
+            dur=r.choice(_DURATIONS),
+            made=r.choice(_MADE),
             wasted=r.choice(_WASTED),
         )
         text = _AN.sub(r"\1n ", text)  # "a extremely" -> "an extremely"
@@ -359,8 +424,9 @@ def _clashes_with_eval(prompt: str) -> bool:
     return any(prompt.startswith(o) or o.startswith(prompt) for o in EVAL_OPENINGS)
 
 
-def training_prompts(reviews: Sequence[Review], seed: int = 0, n: int = 1024, min_words: int = 2,
-                     max_words: int = 6) -> list[str]:
+def training_prompts(
+    reviews: Sequence[Review], seed: int = 0, n: int = 1024, min_words: int = 2, max_words: int = 6
+) -> list[str]:
     """Up to ``n`` distinct RL training prompts: the first ``min_words``–``max_words`` words of reviews.
 
     A prompt never equals an evaluation opening, is never a prefix of one and never starts with one, so the
@@ -386,7 +452,7 @@ def training_prompts(reviews: Sequence[Review], seed: int = 0, n: int = 1024, mi
 
 
 def save_reviews(path: str | Path, reviews: Sequence[Review], split: str | None = None) -> None:
-    """Append-free JSONL write: one ``{"text", "sentiment"[, "split"]}`` object per line."""
+    """Write ``reviews`` as JSONL, one ``{"text", "sentiment"[, "split"]}`` object per line."""
     with open(path, "w", encoding="utf-8") as f:
         for review in reviews:
             row = asdict(review) | ({"split": split} if split else {})

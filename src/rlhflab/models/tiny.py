@@ -42,7 +42,9 @@ PAD_TOKEN = "<|padding|>"  # id 1
 DEMO_VERSION = 1  # bump when the corpus, tokenizer, model or SFT recipe changes: old caches are then ignored
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2048, model_max_length: int = 256
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on ``texts``: ``<|endoftext|>`` = 0 (EOS, BOS), ``<|padding|>`` = 1, left padding.
 
     Byte-level means any string encodes (unknown words fall back to bytes) and decoding round-trips exactly. The
@@ -54,25 +56,47 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=[EOS_TOKEN, PAD_TOKEN],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     assert tok.token_to_id(EOS_TOKEN) == 0 and tok.token_to_id(PAD_TOKEN) == 1
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
-                                   unk_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left",
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        padding_side="left",
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
 
 
-def tiny_config(vocab_size: int, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
-                max_positions: int = 256) -> GPTNeoXConfig:
+def tiny_config(
+    vocab_size: int, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4, max_positions: int = 256
+) -> GPTNeoXConfig:
     """A miniature Pythia: GPT-NeoX, parallel residual, rotary on 25 % of each head, untied embeddings."""
     return GPTNeoXConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=4 * hidden_size, max_position_embeddings=max_positions,
-        hidden_act="gelu", use_parallel_residual=True, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=max_positions,
+        hidden_act="gelu",
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-        attention_dropout=0.0, hidden_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
     )
 
 
@@ -105,10 +129,21 @@ class DemoSpec:
     """Transformer blocks."""
     num_heads: int = 4
     """Attention heads."""
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(
-        lr=3e-3, epochs=2.0, batch_size=32, max_length=128, packing=False, warmup_ratio=0.05, weight_decay=0.01,
-        device="cpu"))
-    """Supervised training recipe (``seed`` and ``progress`` are set by ``ensure_demo_assets``)."""
+    sft: SFTConfig = field(
+        default_factory=lambda: SFTConfig(
+            lr=5e-3,
+            epochs=5.0,
+            batch_size=32,
+            max_length=128,
+            packing=False,
+            warmup_ratio=0.05,
+            weight_decay=0.01,
+            device="cpu",
+        )
+    )
+    """Supervised training recipe (``seed`` and ``progress`` are set by ``ensure_demo_assets``). Padded, not
+    packed: every review then starts at position 0 with no context, exactly as RL prompts do. On CPU so that the
+    cache is the same whether or not the building machine has a GPU (the model is too small to gain much)."""
 
 
 @dataclass(frozen=True)
@@ -148,12 +183,22 @@ def _assets(root: Path) -> DemoAssets | None:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    assets = DemoAssets(root=root, model_dir=root / "model", train_prompts_file=root / "train_prompts.txt",
-                        eval_prompts_file=root / "eval_prompts.txt", corpus_file=root / "corpus.jsonl",
-                        manifest=manifest)
-    files = (assets.train_prompts_file, assets.eval_prompts_file, assets.corpus_file,
-             assets.model_dir / "config.json", assets.model_dir / "model.safetensors",
-             assets.model_dir / "tokenizer.json")
+    assets = DemoAssets(
+        root=root,
+        model_dir=root / "model",
+        train_prompts_file=root / "train_prompts.txt",
+        eval_prompts_file=root / "eval_prompts.txt",
+        corpus_file=root / "corpus.jsonl",
+        manifest=manifest,
+    )
+    files = (
+        assets.train_prompts_file,
+        assets.eval_prompts_file,
+        assets.corpus_file,
+        assets.model_dir / "config.json",
+        assets.model_dir / "model.safetensors",
+        assets.model_dir / "tokenizer.json",
+    )
     if manifest.get("version") != DEMO_VERSION or not all(f.is_file() for f in files):
         return None
     return assets
@@ -174,7 +219,7 @@ def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
     # 1. corpus and prompts; the held-out reviews continue the same seeded stream, so they are distinct
     t0 = time.perf_counter()
     reviews = generate_reviews(spec.n_reviews + spec.n_heldout, seed)
-    train, heldout = reviews[:spec.n_reviews], reviews[spec.n_reviews:]
+    train, heldout = reviews[: spec.n_reviews], reviews[spec.n_reviews :]
     prompts = training_prompts(train, seed, spec.n_train_prompts)
     with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
         for split, part in (("train", train), ("heldout", heldout)):
@@ -184,8 +229,10 @@ def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
     _write_lines(out / "eval_prompts.txt", EVAL_OPENINGS)
     timings["corpus_s"] = time.perf_counter() - t0
     counts = Counter(r.sentiment for r in train)
-    say(f"corpus: {len(train)} reviews ({', '.join(f'{v} {k}' for k, v in counts.items())}) + {len(heldout)} "
-        f"held out, {len(prompts)} RL prompts, {len(EVAL_OPENINGS)} eval openings [{timings['corpus_s']:.1f} s]")
+    say(
+        f"corpus: {len(train)} reviews ({', '.join(f'{v} {k}' for k, v in counts.items())}) + {len(heldout)} "
+        f"held out, {len(prompts)} RL prompts, {len(EVAL_OPENINGS)} eval openings [{timings['corpus_s']:.1f} s]"
+    )
 
     # 2. tokenizer
     t0 = time.perf_counter()
@@ -197,21 +244,32 @@ def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
     model = build_tiny_model(tiny_config(len(tokenizer), spec.hidden_size, spec.num_layers, spec.num_heads), seed)
     n_params = sum(p.numel() for p in model.parameters())
     cfg = replace(spec.sft, seed=seed, progress=progress)
-    say(f"SFT: training a {n_params / 1e6:.2f} M-parameter GPT-NeoX ({spec.num_layers} layers, hidden "
-        f"{spec.hidden_size}) for {cfg.epochs:g} epochs on {cfg.device} ...")
+    say(
+        f"SFT: training a {n_params / 1e6:.2f} M-parameter GPT-NeoX ({spec.num_layers} layers, hidden "
+        f"{spec.hidden_size}) for {cfg.epochs:g} epochs on {cfg.device} ..."
+    )
     t0 = time.perf_counter()
     stats = train_sft(model, tokenizer, [r.text for r in train], cfg, eval_texts=[r.text for r in heldout])
     stats.pop("model")
     timings["sft_s"] = time.perf_counter() - t0
-    say(f"SFT: {stats['steps']} steps, {stats['tokens'] / 1e3:.0f} k tokens in {timings['sft_s']:.0f} s; "
-        f"held-out perplexity {stats['ppl_before']:.1f} -> {stats['ppl_after']:.2f}")
+    say(
+        f"SFT: {stats['steps']} steps, {stats['tokens'] / 1e3:.0f} k tokens in {timings['sft_s']:.0f} s; "
+        f"held-out perplexity {stats['ppl_before']:.1f} -> {stats['ppl_after']:.2f}"
+    )
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
 
     return {
-        "version": DEMO_VERSION, "seed": seed, "spec": asdict(spec), "params": n_params,
-        "vocab_size": len(tokenizer), "n_train_reviews": len(train), "n_heldout_reviews": len(heldout),
-        "n_train_prompts": len(prompts), "sentiments": dict(counts), "timings": timings,
+        "version": DEMO_VERSION,
+        "seed": seed,
+        "spec": asdict(spec),
+        "params": n_params,
+        "vocab_size": len(tokenizer),
+        "n_train_reviews": len(train),
+        "n_heldout_reviews": len(heldout),
+        "n_train_prompts": len(prompts),
+        "sentiments": dict(counts),
+        "timings": timings,
         "sft": {k: v for k, v in stats.items() if k != "losses"},
         "loss_curve": stats["losses"][:: max(1, len(stats["losses"]) // 50)],
     }
@@ -229,8 +287,9 @@ def _remove_stale_temps(home: Path, name: str) -> None:
             continue
 
 
-def ensure_demo_assets(home: Path | str | None = None, seed: int = 0, progress: bool = True,
-                       spec: DemoSpec | None = None) -> DemoAssets:
+def ensure_demo_assets(
+    home: Path | str | None = None, seed: int = 0, progress: bool = True, spec: DemoSpec | None = None
+) -> DemoAssets:
     """Return the demo assets for ``seed``, building them on first use (about 3–4 minutes on 2 CPU cores).
 
     ``home`` defaults to ``$RLHFLAB_HOME`` or ``~/.cache/rlhflab``. The build is deterministic for a seed on a
