@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", help="a preset name (see --list-presets)")
     source.add_argument("--config", help="a YAML config file")
     _add_run_options(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint")
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--help-config", action="store_true", help="print every config key with its default and meaning")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -109,11 +109,7 @@ def cmd_train(args) -> int:
         print("\n".join(config_module.describe_fields()))
         return 0
     if args.resume:
-        raise UserError("--resume: exact resume arrives with the checkpoint issue (#7); not available yet")
-    if not args.preset and not args.config:
-        raise UserError(
-            "give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")"
-        )
+        return _resume(args)
     cfg = _config_from_args(args, args.preset)
     if args.print_config:
         import yaml
@@ -123,6 +119,23 @@ def cmd_train(args) -> int:
     from rlhflab.train import train
 
     train(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def _resume(args) -> int:
+    """--resume --output-dir DIR: the run's own config.yaml, plus --steps / --set given now."""
+    from rlhflab.config import build_config
+    from rlhflab.train import train
+
+    if not args.output_dir:
+        raise UserError("--resume needs --output-dir DIR, the run to continue")
+    config_file = Path(args.output_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"--resume: {args.output_dir} is not a run directory (no config.yaml)")
+    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    cfg = build_config(config_file=str(config_file), overrides=overrides)
+    cfg.output_dir = args.output_dir
+    train(cfg, resume=True)
     return 0
 
 

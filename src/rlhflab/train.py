@@ -5,8 +5,11 @@ Reads top to bottom; the math is in :mod:`rlhflab.ops` and :mod:`rlhflab.algorit
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +20,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from rlhflab.algorithms.kl_control import KLController
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
+from rlhflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhflab.config import Config, save_config
 from rlhflab.data.prompts import PromptSampler, read_prompts
 from rlhflab.errors import UserError
@@ -189,9 +193,36 @@ def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, pa
 # the loop
 
 
-def train(cfg: Config, overwrite: bool = False) -> Path:
+class StopRequest:
+    """First Ctrl-C / SIGTERM: finish the current step, checkpoint, stop. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nstop requested: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     """Run ``cfg.train.steps`` PPO steps; writes the run directory described in DESIGN §4. Returns its path."""
-    run_dir = prepare_run_dir(cfg, overwrite)
+    run_dir = Path(cfg.output_dir) if resume else prepare_run_dir(cfg, overwrite)
     seed_everything(cfg.seed)
     setup = load_setup(cfg)
     roles, tokenizer, device = setup.roles, setup.tokenizer, setup.device
@@ -211,12 +242,20 @@ def train(cfg: Config, overwrite: bool = False) -> Path:
         else get_constant_schedule_with_warmup(optimizer, warmup)
     )
     kl_ctl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
-    trackers = Trackers(cfg, run_dir, t.steps)
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "kl_controller": kl_ctl, "sampler": sampler}
+
+    def trainer_state() -> dict:
+        state = {name: obj.state_dict() for name, obj in stateful.items()}
+        return {**state, "sample_gen": sample_gen.get_state(), "shuffle_gen": shuffle_gen.get_state()}
+
+    start_step = 0
+    if resume:
+        start_step = resume_state(run_dir, roles, stateful, sample_gen, shuffle_gen)
+    trackers = Trackers(cfg, run_dir, t.steps, start_step)
     prompts_per_step = r.batch_size // r.samples_per_prompt
 
-    step = 0
-    try:
-        for step in range(1, t.steps + 1):
+    with StopRequest() as stop:
+        for step in range(start_step + 1, t.steps + 1):
             started = time.perf_counter()
             # 1. sample completions for this step's prompts (k contiguous samples per prompt)
             prompts = [p for p in sampler.next(prompts_per_step) for _ in range(r.samples_per_prompt)]
@@ -238,7 +277,6 @@ def train(cfg: Config, overwrite: bool = False) -> Path:
             # 6. metrics, KL controller, checkpoint
             mask = rollout.response_mask
             kl_per_seq = masked_sum(kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, dim=1)  # (B,)
-            lengths = mask.sum(1).float()
             ended = (rollout.response_ids == tokenizer.eos_token_id) & mask
             metrics = {
                 "step": step,
@@ -249,7 +287,7 @@ def train(cfg: Config, overwrite: bool = False) -> Path:
                 "objective/kl_coef": kl_coef,
                 **update_stats,
                 **adv_stats,
-                "gen/length": lengths.mean().item(),
+                "gen/length": mask.sum(1).float().mean().item(),
                 "gen/eos_rate": ended.any(1).float().mean().item(),
                 "lr": scheduler.get_last_lr()[0],
                 "time/step": finished - started,
@@ -262,14 +300,17 @@ def train(cfg: Config, overwrite: bool = False) -> Path:
             }
             trackers.log(metrics)
             kl_ctl.update(metrics["objective/kl"], len(rollout))
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < t.steps:
-                save_checkpoint(roles, run_dir, step, cfg.checkpoint.keep)
-    except KeyboardInterrupt:
-        trackers.close()
-        if step > 1:
-            path = save_checkpoint(roles, run_dir, step - 1, cfg.checkpoint.keep)
-            print(f"\ninterrupted: the adapters of step {step - 1} are saved in {path}")
-        raise
+            every = cfg.checkpoint.every
+            if (every and step % every == 0 and step < t.steps) or (stop.requested and step < t.steps):
+                path = save_checkpoint(run_dir, step, roles, trainer_state(), cfg.checkpoint.keep)
+            if stop.requested and step < t.steps:
+                trackers.close()
+                print(
+                    f"stopped after step {step}; checkpoint in {path}. Continue with: "
+                    f"rlhflab train --resume --output-dir {run_dir}",
+                    file=sys.stderr,
+                )
+                raise KeyboardInterrupt
     trackers.close()
     roles.save(run_dir / "final")
     print(f"training done: adapters in {run_dir / 'final'}; metrics in {run_dir / 'metrics.jsonl'}")
@@ -280,15 +321,20 @@ def train(cfg: Config, overwrite: bool = False) -> Path:
     return run_dir
 
 
-def save_checkpoint(roles: Roles, run_dir: Path, step: int, keep: int) -> Path:
-    """Adapters + value head of ``step``, written to a temp folder then renamed (never a half-written checkpoint)."""
-    root = run_dir / "checkpoints"
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    roles.save(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old)
-    return final
+def resume_state(run_dir: Path, roles: Roles, stateful: dict, sample_gen, shuffle_gen) -> int:
+    """Restore everything from the newest complete checkpoint; cut metrics.jsonl back to its step."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
+    state = load_checkpoint(path, roles)
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    sample_gen.set_state(state["sample_gen"])
+    shuffle_gen.set_state(state["shuffle_gen"])
+    step = state["step"]
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        metrics.write_text("".join(line + "\n" for line in kept))
+    print(f"resuming {run_dir} from step {step} ({path.name})")
+    return step

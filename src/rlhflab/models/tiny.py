@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from rlhflab.data.corpus import EVAL_OPENINGS, generate_reviews, training_prompts
 from rlhflab.sft import SFTConfig, train_sft
@@ -256,7 +257,13 @@ def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
         f"SFT: {stats['steps']} steps, {stats['tokens'] / 1e3:.0f} k tokens in {timings['sft_s']:.0f} s; "
         f"held-out perplexity {stats['ppl_before']:.1f} -> {stats['ppl_after']:.2f}"
     )
-    model.save_pretrained(out / "model")
+    bars_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise here
+    try:
+        model.save_pretrained(out / "model")
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(out / "model")
 
     return {
