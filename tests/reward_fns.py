@@ -4,3 +4,11 @@
 def length_reward(prompts, completions, **kwargs):
     """Longer completions score higher: a reward that varies on random-model text."""
     return [len(c) / 10.0 for c in completions]
+
+
+def nan_reward(prompts, completions, **kwargs):
+    return [float("nan") if i == 1 else 0.0 for i in range(len(completions))]
+
+
+def prompt_echo(prompts, completions, **kwargs):
+    return [float(len(p)) for p in prompts]

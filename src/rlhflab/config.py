@@ -80,14 +80,27 @@ class DataConfig:
 class RewardComponent:
     name: str = "vader"
     """Name logged as reward/<name>."""
-    kind: Literal["lexicon", "callable"] = "lexicon"
-    """lexicon: VADER compound score in [-1, 1]; callable: your function named in 'function'."""
+    kind: Literal["lexicon", "classifier", "callable", "repetition", "short"] = "lexicon"
+    """lexicon: VADER compound in [-1, 1]; classifier: a sequence classifier's label; callable: 'function';
+    repetition: unique words / words of the completion; short: -1 when the completion has < min_words words."""
     weight: float = 1.0
     """Weight of this component in the summed score."""
     input: Literal["completion", "prompt_completion"] = "completion"
-    """Judge the completion alone or the prompt followed by the completion (lexicon)."""
+    """What lexicon and classifier judge: the completion alone, or the prompt followed by the completion."""
     function: str | None = None
     """For kind callable: 'module:function' called as fn(prompts, completions) -> list[float]."""
+    model: str | None = None
+    """For kind classifier: hub id or local directory of an AutoModelForSequenceClassification (own tokenizer)."""
+    label: str = "POSITIVE"
+    """For kind classifier: the label scored, looked up by name in the model's id2label."""
+    output: Literal["logit", "probability"] = "logit"
+    """For kind classifier: the label's raw logit or its softmax probability."""
+    device: str = "auto"
+    """For kind classifier: where the judge runs (auto = the policy's device rules)."""
+    batch_size: int = 32
+    """For kind classifier: texts per forward pass."""
+    min_words: int = 5
+    """For kind short: completions with fewer words score -1 (use weight 2 for the reference's -2 penalty)."""
 
 
 @dataclass

@@ -133,4 +133,4 @@ def eval_command(run_dir: Path) -> dict:
     setup = load_setup(cfg, with_critic=False)
     setup.roles.load(weights)
     print(f"loaded adapters from {weights}")
-    return evaluate_run(run_dir, cfg, setup, build_reward(cfg.reward))
+    return evaluate_run(run_dir, cfg, setup, build_reward(cfg.reward, cfg.model.trust_remote_code))

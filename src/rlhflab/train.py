@@ -226,7 +226,7 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     seed_everything(cfg.seed)
     setup = load_setup(cfg)
     roles, tokenizer, device = setup.roles, setup.tokenizer, setup.device
-    reward = build_reward(cfg.reward)
+    reward = build_reward(cfg.reward, cfg.model.trust_remote_code)
     a, r, t = cfg.algorithm, cfg.rollout, cfg.train
 
     sampler = PromptSampler(setup.train_prompts, cfg.seed)

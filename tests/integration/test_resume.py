@@ -21,13 +21,43 @@ TIMING = ("time/", "perf/")
 def args_for(model_dir, prompts_file, out, steps=4):
     config = prompts_file.parent / "resume.yaml"
     config.write_text("{}\n")
-    return ["train", "--config", str(config), "--output-dir", str(out), "--steps", str(steps),
-            "--set", f"model.name={model_dir}", "--set", "model.device=cpu", "--set", "data.source=file",
-            "--set", f"data.prompts_file={prompts_file}", "--set", "rollout.batch_size=4",
-            "--set", "train.micro_batch_size=2", "--set", "rollout.max_new_tokens=5", "--set", "train.lr=5e-3",
-            "--set", "algorithm.ppo_epochs=2", "--set", "checkpoint.every=1", "--set", "checkpoint.keep=10",
-            "--set", "eval.enabled=false", "--set", "tracking.progress=false",
-            "--set", "reward.components=[{name: length, kind: callable, function: 'reward_fns:length_reward'}]"]
+    return [
+        "train",
+        "--config",
+        str(config),
+        "--output-dir",
+        str(out),
+        "--steps",
+        str(steps),
+        "--set",
+        f"model.name={model_dir}",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "data.source=file",
+        "--set",
+        f"data.prompts_file={prompts_file}",
+        "--set",
+        "rollout.batch_size=4",
+        "--set",
+        "train.micro_batch_size=2",
+        "--set",
+        "rollout.max_new_tokens=5",
+        "--set",
+        "train.lr=5e-3",
+        "--set",
+        "algorithm.ppo_epochs=2",
+        "--set",
+        "checkpoint.every=1",
+        "--set",
+        "checkpoint.keep=10",
+        "--set",
+        "eval.enabled=false",
+        "--set",
+        "tracking.progress=false",
+        "--set",
+        "reward.components=[{name: length, kind: callable, function: 'reward_fns:length_reward'}]",
+    ]
 
 
 def metrics(run):
@@ -45,8 +75,12 @@ def test_sigkill_then_resume_is_exact(tiny_model_dir, prompts_file, tmp_path):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhflab", *args_for(tiny_model_dir, prompts_file, killed)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhflab", *args_for(tiny_model_dir, prompts_file, killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-000002").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"

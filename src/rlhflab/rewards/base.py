@@ -11,6 +11,7 @@ import torch
 
 from rlhflab.config import RewardComponent, RewardConfig
 from rlhflab.errors import UserError
+from rlhflab.rewards import shaping
 
 
 class Reward(Protocol):
@@ -36,7 +37,7 @@ class CompositeReward:
                 )
             for i, v in enumerate(values):
                 if not math.isfinite(v):
-                    raise FloatingPointError(
+                    raise UserError(
                         f"reward component {spec.name!r} returned {v} for sample {i}: "
                         f"prompt={prompts[i]!r} completion={completions[i]!r}"
                     )
@@ -60,19 +61,31 @@ def load_callable(spec: str, key: str) -> Callable:
     return fn
 
 
-def build_judge(spec: RewardComponent) -> Judge:
+def build_judge(spec: RewardComponent, trust_remote_code: bool = False) -> Judge:
     """A function (prompts, completions) -> list of floats for one component."""
-    if spec.kind == "lexicon":
-        from rlhflab.rewards.lexicon import VaderReward
+    key = f"reward.components[{spec.name}]"
+    if spec.kind in ("lexicon", "classifier"):
+        if spec.kind == "lexicon":
+            from rlhflab.rewards.lexicon import VaderReward
 
-        vader = VaderReward()
+            judge_texts = VaderReward()
+        else:
+            from rlhflab.rewards.classifier import ClassifierReward
+
+            judge_texts = ClassifierReward(
+                spec.model, spec.label, spec.output, spec.device, spec.batch_size, trust_remote_code, key=f"{key}.model"
+            )
         if spec.input == "completion":
-            return lambda prompts, completions: vader(completions)
-        return lambda prompts, completions: vader([p + c for p, c in zip(prompts, completions)])
+            return lambda prompts, completions: judge_texts(completions)
+        return lambda prompts, completions: judge_texts([p + c for p, c in zip(prompts, completions)])
+    if spec.kind == "repetition":
+        return lambda prompts, completions: shaping.repetition(completions)
+    if spec.kind == "short":
+        return lambda prompts, completions: shaping.short(completions, spec.min_words)
     if spec.kind == "callable":
-        return load_callable(spec.function, f"reward.components[{spec.name}].function")
-    raise UserError(f"reward.components: unknown kind {spec.kind!r} for {spec.name!r}")
+        return load_callable(spec.function, f"{key}.function")
+    raise UserError(f"{key}: unknown kind {spec.kind!r}")
 
 
-def build_reward(cfg: RewardConfig) -> CompositeReward:
-    return CompositeReward([(spec, build_judge(spec)) for spec in cfg.components])
+def build_reward(cfg: RewardConfig, trust_remote_code: bool = False) -> CompositeReward:
+    return CompositeReward([(spec, build_judge(spec, trust_remote_code)) for spec in cfg.components])
