@@ -74,7 +74,7 @@ class SFTConfig:
     seed: int = 0
     """Seeds batch order and any dropout."""
     lora: LoraSettings | None = None
-    """Train a LoRA adapter with these settings; None trains every weight."""
+    """Train a LoRA adapter with these settings (a dict of its fields also works); None trains every weight."""
     log_every: int = 0
     """Steps between printed loss lines (0: only the progress bar)."""
     device: str = "auto"
@@ -240,7 +240,8 @@ def train_sft(
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.lora is not None and not hasattr(model, "peft_config"):
-        model = apply_lora(model, cfg.lora)
+        lora = cfg.lora if isinstance(cfg.lora, LoraSettings) else LoraSettings(**cfg.lora)  # dict from YAML/CLI
+        model = apply_lora(model, lora)
     model.to(device)
 
     docs = encode_documents(tokenizer, texts, cfg.max_length)

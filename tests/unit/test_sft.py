@@ -177,8 +177,11 @@ def test_run_sft_saves_a_full_model_or_an_adapter(tokenizer, texts, tmp_path):
     ppl = perplexity(reloaded, tokenizer, texts[:20], max_length=cfg.max_length)
     assert ppl == pytest.approx(full["ppl_after"], rel=1e-5)
 
-    run_sft(str(base_dir), texts, tmp_path / "lora", replace(cfg, lora=LoraSettings(r=2, alpha=4)))
+    run_sft(str(base_dir), texts, tmp_path / "lora", replace(cfg, lora={"r": 2, "alpha": 4}))  # dict, as from YAML
     assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "lora" / "model.safetensors").exists()
     adapted = PeftModel.from_pretrained(load_causal_lm(str(base_dir)), str(tmp_path / "lora"))
-    assert any("lora_A" in name for name, _ in adapted.named_parameters())
+    assert {
+        name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in adapted.named_parameters() if "lora_A" in name
+    } == {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    assert adapted.peft_config["default"].r == 2

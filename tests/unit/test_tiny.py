@@ -173,6 +173,14 @@ def test_incomplete_folder_is_rebuilt_and_stale_temp_removed(tmp_path, count_bui
     assert len(count_builds) == 2
 
 
+def test_rebuild_replaces_the_cached_build(tmp_path, count_builds):
+    first = ensure_demo_assets(tmp_path, seed=0, progress=False, spec=SMALL)
+    second = ensure_demo_assets(tmp_path, seed=0, progress=False, spec=SMALL, rebuild=True)
+    assert len(count_builds) == 2 and second.root == first.root
+    assert second.manifest["timings"] != first.manifest["timings"]
+    assert [p.name for p in tmp_path.iterdir()] == [first.root.name]
+
+
 def test_same_seed_builds_the_same_assets(tmp_path):
     a = ensure_demo_assets(tmp_path / "a", seed=0, progress=False, spec=SMALL)
     b = ensure_demo_assets(tmp_path / "b", seed=0, progress=False, spec=SMALL)
