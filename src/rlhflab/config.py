@@ -127,14 +127,16 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: Literal["ppo"] = "ppo"
-    """ppo: clipped surrogate + learned critic + GAE."""
+    name: Literal["ppo", "rloo", "grpo"] = "ppo"
+    """ppo: clipped surrogate + critic + GAE; rloo: leave-one-out baseline; grpo: group-normalised advantages."""
     ppo_epochs: int = 4
     """Passes (K) over each rollout batch."""
     num_minibatches: int = 1
     """Minibatches (M) per epoch; one optimiser step each."""
     clip_eps: float = 0.2
     """Policy ratio clip range epsilon."""
+    clip_eps_high: float | None = None
+    """Upper ratio clip 1 + clip_eps_high (DAPO's clip-higher); null = clip_eps."""
     clip_eps_value: float = 0.2
     """Value clip range around the rollout-time values."""
     vf_coef: float = 0.5
@@ -144,7 +146,7 @@ class AlgorithmConfig:
     gae_lambda: float = 0.95
     """GAE lambda."""
     kl_coef: float = 0.05
-    """beta: per-token k1 KL penalty folded into the reward, r_t = -beta (logp - ref_logp)."""
+    """beta. ppo: per-token k1 in the reward; rloo: summed k1 subtracted from R; grpo: k3 per token in the loss."""
     kl_target: float | None = None
     """Adaptive KL controller target (summed KL per sequence); null = fixed kl_coef."""
     kl_horizon: int = 10000
@@ -152,7 +154,11 @@ class AlgorithmConfig:
     whiten_advantages: bool = True
     """Whiten advantages over the valid tokens of the batch."""
     loss_agg: Literal["token_mean", "seq_mean", "seq_sum_constant"] = "token_mean"
-    """How per-token losses become one number."""
+    """How per-token losses become one number (seq_sum_constant = Dr. GRPO)."""
+    rloo_baseline: Literal["leave_one_out", "batch_mean", "none"] = "leave_one_out"
+    """rloo: the baseline subtracted from each sample's reward."""
+    group_scale: bool = True
+    """grpo: divide by the group's std (false = Dr. GRPO's mean-centring only)."""
 
 
 @dataclass
@@ -451,6 +457,11 @@ def validate(cfg: Config) -> None:
         minibatch % t.micro_batch_size == 0,
         f"minibatch size rollout.batch_size / algorithm.num_minibatches = {minibatch} must be divisible by "
         f"train.micro_batch_size ({t.micro_batch_size})",
+    )
+    need(
+        a.name == "ppo" or r.samples_per_prompt >= 2,
+        f"rollout.samples_per_prompt: {a.name} compares samples of one prompt, so it needs >= 2, "
+        f"got {r.samples_per_prompt}",
     )
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
     for c in cfg.reward.components:

@@ -42,9 +42,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> t
     return var
 
 
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Standardise over the valid entries: ``(x − μ) / sqrt(σ² + eps)`` with the biased masked variance σ².
 
     With ``shift_mean=False`` the mean is added back (``(x − μ) / sqrt(σ² + eps) + μ``): only the spread is
@@ -69,9 +67,7 @@ def _in_fp32_rows(fn: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tens
     return torch.stack([fn(row.float()) for row in logits])
 
 
-def logprobs_from_logits(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of ``tokens`` under ``softmax(logits / temperature)``.
 
     ``log p(y_t) = z_{t, y_t} − logsumexp_v z_{t, v}`` with ``z = logits / temperature``.

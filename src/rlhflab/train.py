@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from rlhflab.algorithms.group import group_advantages, group_micro_step
 from rlhflab.algorithms.kl_control import KLController
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
 from rlhflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -63,14 +64,15 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
     return model_name, train_file, eval_file
 
 
-def load_setup(cfg: Config, with_critic: bool = True) -> Setup:
+def load_setup(cfg: Config, with_critic: bool | None = None) -> Setup:
+    """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise."""
     model_name, train_file, eval_file = resolve_sources(cfg)
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
     base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
     base.requires_grad_(False)
-    roles = Roles(base, cfg, with_critic=with_critic)
+    roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
     train_prompts = read_prompts(train_file)
     eval_prompts = read_prompts(eval_file, "data.eval_prompts_file") if eval_file else train_prompts[:16]
     return Setup(tokenizer, roles, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
@@ -158,7 +160,9 @@ def score_rollout(setup: Setup, rollout: Rollout, cfg: Config, with_values: bool
 # ----------------------------------------------------------------------------------------------------------------
 # update
 
-WEIGHTED_STATS = ("policy/approxkl", "policy/clipfrac", "policy/ratio", "val/clipfrac")
+WEIGHTED_STATS = ("policy/approxkl", "policy/clipfrac", "policy/ratio", "policy/k3_kl", "val/clipfrac")
+MICRO_STEP = {"ppo": ppo_micro_step, "rloo": group_micro_step, "grpo": group_micro_step}
+ADVANTAGES = {"ppo": ppo_advantages, "rloo": group_advantages, "grpo": group_advantages}
 
 
 def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, params, generator) -> dict:
@@ -175,7 +179,7 @@ def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, pa
             max_len = minibatch.response_ids.shape[1]
             optimizer.zero_grad(set_to_none=True)
             for micro in minibatch.chunks(t.micro_batch_size):
-                stats = ppo_micro_step(setup.roles, micro, cfg, num_tokens, len(minibatch), max_len)
+                stats = MICRO_STEP[a.name](setup.roles, micro, cfg, num_tokens, len(minibatch), max_len)
                 weight = (micro.response_mask.sum() / num_tokens).item()
                 for key, value in stats.items():
                     # losses are already partial sums of the minibatch loss; means are weighted by tokens
@@ -266,12 +270,12 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
             rollout = replace(rollout, scores=scores.to(device))
             judged = time.perf_counter()
             # 3. old logprobs, reference logprobs, values (no gradients)
-            rollout, entropy = score_rollout(setup, rollout, cfg)
+            rollout, entropy = score_rollout(setup, rollout, cfg, with_values=roles.critic is not None)
             scored = time.perf_counter()
-            # 4. per-token rewards and advantages
+            # 4. advantages: GAE over per-token rewards (PPO) or per-sequence baselines (RLOO, GRPO)
             kl_coef = kl_ctl.value
-            rollout, adv_stats = ppo_advantages(rollout, cfg, kl_coef)
-            # 5. K epochs × M minibatches of clipped policy loss + clipped value loss
+            rollout, adv_stats = ADVANTAGES[a.name](rollout, cfg, kl_coef)
+            # 5. K epochs × M minibatches of the clipped policy loss (+ clipped value loss for PPO)
             update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen)
             finished = time.perf_counter()
             # 6. metrics, KL controller, checkpoint

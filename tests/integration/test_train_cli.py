@@ -177,3 +177,43 @@ def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, empt
     assert main(run_args(tiny_model_dir, prompts_file, out)) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "config.yaml").read_text() == "seed: 1\n"
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_rloo_and_grpo_run_without_a_critic(tiny_model_dir, prompts_file, tmp_path, empty_config, algo):
+    from rlhflab.config import build_config
+    from rlhflab.train import load_setup
+
+    out = tmp_path / algo
+    extra = ("--set", f"algorithm.name={algo}", "--set", "rollout.samples_per_prompt=4")
+    assert main(run_args(tiny_model_dir, prompts_file, out, *extra)) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(math.isfinite(m["loss/policy"]) for m in lines) and "loss/value" not in lines[0]
+    assert not (out / "final" / "critic").exists() and not (out / "final" / "value_head.safetensors").exists()
+    policy = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_dir)), str(out / "final"))
+    assert any(v.abs().sum() > 0 for k, v in policy.state_dict().items() if "lora_B" in k)
+
+    cfg = build_config(
+        overrides=[
+            f"model.name={tiny_model_dir}",
+            "model.device=cpu",
+            "data.source=file",
+            f"data.prompts_file={prompts_file}",
+            f"algorithm.name={algo}",
+            "rollout.samples_per_prompt=4",
+            "rollout.batch_size=8",
+            "train.micro_batch_size=4",
+        ]
+    )
+    roles = load_setup(cfg).roles
+    assert roles.critic is None and roles.value_head is None
+    assert not any(".critic." in n for n, _ in roles.policy.named_parameters())
+
+
+def test_group_algorithms_need_several_samples_per_prompt():
+    from rlhflab.config import build_config
+    from rlhflab.errors import UserError
+
+    with pytest.raises(UserError, match="rollout.samples_per_prompt: grpo compares samples of one prompt"):
+        build_config(preset="demo-grpo", overrides=["rollout.samples_per_prompt=1"])

@@ -151,9 +151,7 @@ def test_gae_limits():
     adv, _ = gae(rewards, values, mask, gamma=0.9, lam=0.0)
     next_valid = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     next_v = torch.where(next_valid, torch.cat([values[:, 1:], values[:, :1]], dim=1), 0.0)
-    torch.testing.assert_close(
-        adv, torch.where(mask, rewards + 0.9 * next_v - values, 0.0), atol=1e-9, rtol=0
-    )
+    torch.testing.assert_close(adv, torch.where(mask, rewards + 0.9 * next_v - values, 0.0), atol=1e-9, rtol=0)
 
 
 def test_gae_padding_has_no_influence_and_inputs_untouched():
@@ -221,9 +219,7 @@ def test_group_norm_hand():
     s0, s1 = (14 / 3) ** 0.5 + 1e-4, (11 / 3) ** 0.5 + 1e-4
     expected = t64([-2 / s0, -1 / s0, 0.0, 3 / s0, -2.5 / s1, -0.5 / s1, 1.5 / s1, 1.5 / s1])
     torch.testing.assert_close(group_norm(scores, k=4), expected, atol=1e-12, rtol=0)
-    torch.testing.assert_close(
-        group_norm(scores, k=4, scale=False), t64([-2, -1, 0, 3, -2.5, -0.5, 1.5, 1.5])
-    )
+    torch.testing.assert_close(group_norm(scores, k=4, scale=False), t64([-2, -1, 0, 3, -2.5, -0.5, 1.5, 1.5]))
     # k=2, [1, 3]: dev ±1, unbiased std sqrt(2)
     torch.testing.assert_close(
         group_norm(t64([1.0, 3.0]), k=2, eps=0.0), t64([-(2**-0.5), 2**-0.5]), atol=1e-12, rtol=0

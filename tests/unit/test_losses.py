@@ -30,10 +30,7 @@ def prefix_mask(lengths, t):
 
 def aggregate_reference(loss, mask, mode, num_tokens=None, num_seqs=None, max_len=None):
     """Plain-loop aggregation over python floats."""
-    rows = [
-        [v for v, m in zip(lr, mr, strict=True) if m]
-        for lr, mr in zip(loss.tolist(), mask.tolist(), strict=True)
-    ]
+    rows = [[v for v, m in zip(lr, mr, strict=True) if m] for lr, mr in zip(loss.tolist(), mask.tolist(), strict=True)]
     b_size, t_size = loss.shape
     num_seqs = b_size if num_seqs is None else num_seqs
     if mode == "token_mean":
@@ -45,9 +42,7 @@ def aggregate_reference(loss, mask, mode, num_tokens=None, num_seqs=None, max_le
 
 def surrogate_reference(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high):
     out = []
-    for lp_row, old_row, a_row in zip(
-        logprobs.tolist(), old_logprobs.tolist(), advantages.tolist(), strict=True
-    ):
+    for lp_row, old_row, a_row in zip(logprobs.tolist(), old_logprobs.tolist(), advantages.tolist(), strict=True):
         row = []
         for lp, old, a in zip(lp_row, old_row, a_row, strict=True):
             ratio = math.exp(lp - old)
@@ -188,9 +183,7 @@ def test_ppo_hand_clip_higher():
     assert loss.item() == pytest.approx(-0.38, abs=1e-12)
     assert stats["clipfrac"].item() == pytest.approx(1 / 5, abs=1e-7)
     loss.backward()
-    torch.testing.assert_close(
-        logprobs.grad, t64([[-1.5, -0.5, 1.5, 0.0, -2.2, 0.0]]) / 5, atol=1e-12, rtol=0
-    )
+    torch.testing.assert_close(logprobs.grad, t64([[-1.5, -0.5, 1.5, 0.0, -2.2, 0.0]]) / 5, atol=1e-12, rtol=0)
 
 
 def test_clipped_surrogate_indicator_and_shapes():
@@ -199,9 +192,7 @@ def test_clipped_surrogate_indicator_and_shapes():
     assert is_clipped.dtype == torch.bool
     assert is_clipped[0, :5].tolist() == [True, False, False, True, False]
     torch.testing.assert_close(ratio.detach(), t64([HAND_RATIO]))
-    torch.testing.assert_close(
-        loss_tokens[0, :5].detach(), t64([-1.2, -0.5, 1.5, 0.8, -2.2]), atol=1e-12, rtol=0
-    )
+    torch.testing.assert_close(loss_tokens[0, :5].detach(), t64([-1.2, -0.5, 1.5, 0.8, -2.2]), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -212,9 +203,7 @@ def test_ppo_matches_loop_reference_unequal_lengths(mode):
         logprobs = old + draw(0.3)  # ratios spread around 1 so both branches occur
         for eps, eps_high in ((0.2, None), (0.1, 0.3)):
             loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, eps, eps_high, agg=mode)
-            per_token = surrogate_reference(
-                logprobs, old, advantages, eps, eps if eps_high is None else eps_high
-            )
+            per_token = surrogate_reference(logprobs, old, advantages, eps, eps if eps_high is None else eps_high)
             assert loss.item() == pytest.approx(aggregate_reference(per_token, mask, mode), abs=1e-9)
             assert 0 < stats["clipfrac"].item() < 1
 
@@ -338,9 +327,7 @@ def test_grpo_equals_ppo_when_policy_equals_reference():
         ppo, ppo_stats = ppo_policy_loss(logprobs, old, advantages, mask, agg=mode)
         assert loss.item() == ppo.item()
         assert stats["kl"].item() == 0.0
-        assert {k: v.item() for k, v in stats.items() if k != "kl"} == {
-            k: v.item() for k, v in ppo_stats.items()
-        }
+        assert {k: v.item() for k, v in stats.items() if k != "kl"} == {k: v.item() for k, v in ppo_stats.items()}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -348,9 +335,7 @@ def test_grpo_matches_loop_reference(mode):
     draw, mask = random_batch(seed=8)
     old, advantages, ref = draw(), draw(), draw()
     logprobs = old + draw(0.3)
-    loss, _ = grpo_loss(
-        logprobs, old, ref, advantages, mask, clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04, agg=mode
-    )
+    loss, _ = grpo_loss(logprobs, old, ref, advantages, mask, clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04, agg=mode)
     surrogate = surrogate_reference(logprobs, old, advantages, 0.2, 0.28)
     k3 = torch.tensor(
         [
@@ -380,16 +365,12 @@ def test_explained_variance():
     returns = t64([[1.0, 2.0, 3.0, 50.0]])
     mask = prefix_mask([3], 4)
     assert explained_variance(returns.clone(), returns, mask).item() == pytest.approx(1.0, abs=1e-12)
-    assert explained_variance(torch.full_like(returns, 2.0), returns, mask).item() == pytest.approx(
-        0.0, abs=1e-12
-    )
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask).item() == pytest.approx(0.0, abs=1e-12)
     # V = [1, 2, 2]: residual [0, 0, 1] has var 2/9; Var[R] = 2/3 -> 1 - (2/9) / (2/3) = 2/3
     values = t64([[1.0, 2.0, 2.0, -7.0]])
     assert explained_variance(values, returns, mask).item() == pytest.approx(2 / 3, abs=1e-12)
     # worse than the mean is negative: V = [3, 2, 1] -> residual [-2, 0, 2], var 8/3 -> 1 - 4 = -3
-    assert explained_variance(t64([[3.0, 2.0, 1.0, 0.0]]), returns, mask).item() == pytest.approx(
-        -3.0, abs=1e-12
-    )
+    assert explained_variance(t64([[3.0, 2.0, 1.0, 0.0]]), returns, mask).item() == pytest.approx(-3.0, abs=1e-12)
     # constant returns: undefined ratio -> 0, not NaN
     flat = t64([[4.0, 4.0, 4.0, 9.0]])
     assert explained_variance(t64([[1.0, 5.0, 2.0, 0.0]]), flat, mask).item() == 0.0

@@ -61,12 +61,8 @@ def test_masked_whiten_hand():
     s = math.sqrt(14)  # (x - 7/3) / sqrt(14/9) = 3 (x - 7/3) / sqrt(14)
     expected = torch.tensor([[-4 / s, -1 / s, 0.0], [5 / s, 0.0, 0.0]], dtype=F64)
     torch.testing.assert_close(masked_whiten(X, M, eps=0.0), expected, atol=1e-12, rtol=0)
-    expected_unshifted = torch.tensor(
-        [[-4 / s + MEAN, -1 / s + MEAN, 0.0], [5 / s + MEAN, 0.0, 0.0]], dtype=F64
-    )
-    torch.testing.assert_close(
-        masked_whiten(X, M, shift_mean=False, eps=0.0), expected_unshifted, atol=1e-12, rtol=0
-    )
+    expected_unshifted = torch.tensor([[-4 / s + MEAN, -1 / s + MEAN, 0.0], [5 / s + MEAN, 0.0, 0.0]], dtype=F64)
+    torch.testing.assert_close(masked_whiten(X, M, shift_mean=False, eps=0.0), expected_unshifted, atol=1e-12, rtol=0)
     # eps enters under the square root
     expected_eps = (X - MEAN) / math.sqrt(VAR + 0.5) * M
     torch.testing.assert_close(masked_whiten(X, M, eps=0.5), expected_eps, atol=1e-12, rtol=0)
@@ -83,9 +79,7 @@ def test_masked_stats_match_python_reference():
         assert masked_mean(x, mask).item() == pytest.approx(mean, abs=1e-9)
         assert masked_var(x, mask).item() == pytest.approx(var, abs=1e-9)
         assert masked_var(x, mask, unbiased=True).item() == pytest.approx(var * n / (n - 1), abs=1e-9)
-        row_means = [
-            sum(ref_valid(x[b : b + 1], mask[b : b + 1])) / int(mask[b].sum()) for b in range(len(x))
-        ]
+        row_means = [sum(ref_valid(x[b : b + 1], mask[b : b + 1])) / int(mask[b].sum()) for b in range(len(x))]
         torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor(row_means, dtype=F64))
         white = masked_whiten(x, mask, eps=0.0)
         for b in range(x.shape[0]):
@@ -110,9 +104,7 @@ def test_whiten_gives_zero_mean_unit_var_on_valid_entries():
 def test_masked_positions_are_ignored_and_inputs_untouched():
     x, mask = random_masked(seed=1)
     garbage = x.clone()
-    garbage[~mask] = (
-        torch.tensor([float("nan"), float("inf"), 1e30, -1e30]).repeat(100)[: int((~mask).sum())].to(F64)
-    )
+    garbage[~mask] = torch.tensor([float("nan"), float("inf"), 1e30, -1e30]).repeat(100)[: int((~mask).sum())].to(F64)
     x_copy, mask_copy = x.clone(), mask.clone()
     for fn in (masked_sum, masked_mean, masked_var, masked_whiten):
         torch.testing.assert_close(fn(garbage, mask), fn(x, mask), atol=0, rtol=0)

@@ -101,9 +101,7 @@ def ppo_policy_loss(
     stats: ``clipfrac`` (share of tokens on the clipped branch), ``approxkl`` (mean k2
     ``½(logprobs − old_logprobs)²``), ``ratio`` (mean ρ).
     """
-    loss_tokens, is_clipped, ratio = clipped_surrogate(
-        logprobs, old_logprobs, advantages, clip_eps, clip_eps_high
-    )
+    loss_tokens, is_clipped, ratio = clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high)
     loss = aggregate(loss_tokens, mask, agg, num_tokens, num_seqs, max_len)
     approxkl = kl_penalty(logprobs, old_logprobs, "k2")
     return loss, _stats(mask, clipfrac=is_clipped, approxkl=approxkl, ratio=ratio)
@@ -160,9 +158,7 @@ def grpo_loss(
     the summed k1 from the sequence score. ``ref_logprobs=None`` is allowed only with ``kl_coef=0``.
     stats: those of :func:`ppo_policy_loss` plus ``kl`` (mean k3, 0 without a reference).
     """
-    loss_tokens, is_clipped, ratio = clipped_surrogate(
-        logprobs, old_logprobs, advantages, clip_eps, clip_eps_high
-    )
+    loss_tokens, is_clipped, ratio = clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high)
     if ref_logprobs is None:
         if kl_coef != 0:
             raise ValueError(f"grpo_loss needs ref_logprobs when kl_coef != 0 (got kl_coef={kl_coef})")

@@ -59,6 +59,7 @@ def ppo_micro_step(
         advantages,
         mask,
         a.clip_eps,
+        a.clip_eps_high,
         agg=a.loss_agg,
         num_tokens=num_tokens,
         num_seqs=num_seqs,

@@ -1,0 +1,66 @@
+"""RLOO and GRPO glue on the PPO engine: sequence-level advantages from k samples per prompt, no critic.
+
+What β (``algorithm.kl_coef``) means differs per algorithm (the formulas live in advantages.py / losses.py):
+- rloo: R_i = score_i − β · Σ_t k1_t is the sequence reward; A_i = R_i − mean_{j≠i} R_j (or another baseline).
+- grpo: A_i = (score_i − mean_group) / (std_group + ε); β · k3_t is added per token inside the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from rlhflab.algorithms.advantages import group_norm, rloo, token_rewards
+from rlhflab.algorithms.losses import grpo_loss, ppo_policy_loss
+from rlhflab.config import Config
+from rlhflab.models.roles import Roles
+from rlhflab.ops import masked_whiten
+from rlhflab.rollout import Rollout, response_logprobs
+
+
+def group_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rollout, dict[str, float]]:
+    """(B, 1) advantages, one per completion; rows of a prompt's k samples are contiguous."""
+    a, k = cfg.algorithm, cfg.rollout.samples_per_prompt
+    if a.name == "rloo":
+        rewards, _ = token_rewards(
+            rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.response_mask, kl_coef
+        )  # (B, T)
+        sequence_reward = rewards.sum(1)  # (B,) = score − β Σ_t k1_t
+        advantages = rloo(sequence_reward, k, a.rloo_baseline)
+    else:
+        sequence_reward = rollout.scores
+        advantages = group_norm(rollout.scores, k, scale=a.group_scale)
+    advantages = advantages[:, None]  # (B, 1)
+    if a.whiten_advantages:
+        advantages = masked_whiten(advantages, torch.ones_like(advantages, dtype=torch.bool))
+    stats = {"returns/mean": sequence_reward.mean().item()}
+    return replace(rollout, advantages=advantages), stats
+
+
+def group_micro_step(
+    roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int
+) -> dict[str, torch.Tensor]:
+    """Clipped surrogate with per-sequence advantages (+ β·k3 per token for GRPO); backpropagated at once."""
+    a = cfg.algorithm
+    logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
+    common = dict(
+        clip_eps=a.clip_eps,
+        clip_eps_high=a.clip_eps_high,
+        agg=a.loss_agg,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        max_len=max_len,
+    )
+    advantages = micro.advantages[:, 0]  # (b,)
+    if a.name == "grpo":
+        loss, stats = grpo_loss(
+            logprobs, micro.logprobs, micro.ref_logprobs, advantages, micro.response_mask, kl_coef=a.kl_coef, **common
+        )
+    else:
+        loss, stats = ppo_policy_loss(logprobs, micro.logprobs, advantages, micro.response_mask, **common)
+    loss.backward()
+    out = {"loss/policy": loss.detach(), **{f"policy/{k}": v for k, v in stats.items() if k != "kl"}}
+    if "kl" in stats:
+        out["policy/k3_kl"] = stats["kl"]
+    return out
