@@ -66,12 +66,16 @@ class CriticConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["demo", "file"] = "demo"
-    """Where training prompts come from: demo (the offline corpus) or file (data.prompts_file)."""
+    source: Literal["demo", "file", "imdb"] = "demo"
+    """Where training prompts come from: demo (the offline corpus), file (data.prompts_file) or imdb (datasets)."""
     prompts_file: str | None = None
     """Local text (one prompt per line) or JSONL file (a 'prompt' field per line) of training prompts."""
     eval_prompts_file: str | None = None
     """Held-out evaluation prompts (same formats); defaults to the demo's held-out openings."""
+    dataset_split: str = "train[:300]"
+    """data.source imdb: the split of stanfordnlp/imdb whose review openings are the prompts."""
+    prompt_words: int = 10
+    """data.source imdb: words of each review kept as its prompt."""
     max_prompt_tokens: int = 32
     """Prompts longer than this are cut (from the left, keeping their end)."""
 
@@ -185,6 +189,8 @@ class TrainConfig:
 class EvalConfig:
     enabled: bool = True
     """Evaluate the starting and trained model on the held-out prompts at the end of training."""
+    prompts: list[str] = field(default_factory=list)
+    """Held-out prompts evaluated first (then data.eval_prompts_file's); e.g. the published table's openings."""
     max_prompts: int = 64
     """At most this many held-out prompts."""
     samples_per_prompt: int = 1

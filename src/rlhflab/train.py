@@ -73,8 +73,16 @@ def load_setup(cfg: Config, with_critic: bool | None = None) -> Setup:
     base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
     base.requires_grad_(False)
     roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
-    train_prompts = read_prompts(train_file)
-    eval_prompts = read_prompts(eval_file, "data.eval_prompts_file") if eval_file else train_prompts[:16]
+    if cfg.data.source == "imdb":
+        from rlhflab.data.imdb import imdb_prompts
+
+        train_prompts = imdb_prompts(cfg.data.dataset_split, cfg.data.prompt_words)
+    else:
+        train_prompts = read_prompts(train_file)
+    if eval_file:
+        eval_prompts = cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
+    else:  # without held-out prompts, the first training prompts show the change (said in the report)
+        eval_prompts = cfg.eval.prompts or train_prompts[:16]
     return Setup(tokenizer, roles, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
 
 

@@ -77,7 +77,7 @@ def test_unknown_key_lists_valid_keys():
 def test_set_without_equals_and_unknown_preset():
     with pytest.raises(UserError, match="expected dotted.key=value"):
         apply_override({}, "train.lr")
-    with pytest.raises(UserError, match="unknown preset 'nope'; available presets: demo-ppo"):
+    with pytest.raises(UserError, match="unknown preset .nope.; available presets: demo-grpo, demo-ppo, demo-rloo"):
         build_config(preset="nope")
 
 
@@ -140,3 +140,51 @@ def test_every_field_has_a_docstring():
 def test_defaults_round_trip_through_dict():
     cfg = Config()
     assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_imdb_preset_has_the_reference_hyper_parameters():
+    """DESIGN §1, exactly."""
+    cfg = build_config(preset="imdb-pythia-410m-ppo")
+    assert cfg.model.name == "EleutherAI/pythia-410m-deduped"
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.bias) == (16, 32, 0.05, "none")
+    assert cfg.lora.target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    assert (cfg.critic.r, cfg.critic.alpha, cfg.critic.target_modules) == (16, 32, ["query_key_value"])
+    assert (cfg.data.source, cfg.data.dataset_split, cfg.data.prompt_words) == ("imdb", "train[:300]", 10)
+    sentiment, rep, short = cfg.reward.components
+    assert (sentiment.kind, sentiment.model, sentiment.label, sentiment.output, sentiment.input) == (
+        "classifier",
+        "lvwerra/distilbert-imdb",
+        "POSITIVE",
+        "logit",
+        "prompt_completion",
+    )
+    assert (rep.kind, rep.weight) == ("repetition", 0.5) and (short.kind, short.weight, short.min_words) == (
+        "short",
+        2.0,
+        5,
+    )
+    assert (cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_ratio, cfg.train.steps, cfg.seed) == (
+        3e-5,
+        "cosine",
+        0.1,
+        100,
+        42,
+    )
+    assert cfg.rollout.batch_size == 32 and cfg.train.micro_batch_size == 2 and cfg.algorithm.num_minibatches == 1
+    assert (cfg.algorithm.kl_coef, cfg.algorithm.kl_target, cfg.algorithm.clip_eps, cfg.algorithm.vf_coef) == (
+        0.05,
+        None,
+        0.2,
+        0.5,
+    )
+    assert cfg.rollout.max_new_tokens == 48
+    assert cfg.eval.prompts[:4] == [
+        "The movie was",
+        "I really hated this film because",
+        "Honestly, the acting was",
+        "This is the worst",
+    ]
+    for algo in ("rloo", "grpo"):
+        other = build_config(preset=f"imdb-pythia-410m-{algo}")
+        assert other.rollout.samples_per_prompt == 4 and other.algorithm.kl_coef == 0.05
+        assert other.train.lr == cfg.train.lr and other.rollout.batch_size == 32
