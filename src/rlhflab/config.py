@@ -181,6 +181,8 @@ class TrainConfig:
     """Global gradient-norm clip over all trained parameters."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    max_nonfinite_in_a_row: int = 3
+    """Stop after this many optimiser updates in a row with a non-finite loss or gradient (each is skipped)."""
     dropout: bool = False
     """Keep dropout (LoRA dropout included) on during RL; off by default so step 0 has ratio = 1, KL = 0."""
 
@@ -432,6 +434,7 @@ def validate(cfg: Config) -> None:
         ("critic.r", cfg.critic.r),
         ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
         ("eval.max_prompts", cfg.eval.max_prompts),
+        ("train.max_nonfinite_in_a_row", t.max_nonfinite_in_a_row),
     ]:
         need(value > 0, f"{key}: must be a positive integer, got {value}")
     for key, value in [

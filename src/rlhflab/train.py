@@ -173,8 +173,16 @@ MICRO_STEP = {"ppo": ppo_micro_step, "rloo": group_micro_step, "grpo": group_mic
 ADVANTAGES = {"ppo": ppo_advantages, "rloo": group_advantages, "grpo": group_advantages}
 
 
-def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, params, generator) -> dict:
-    """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step."""
+class NonFiniteUpdates(Exception):
+    """Too many optimiser updates in a row had a non-finite loss or gradient."""
+
+
+def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, params, generator, skips: dict) -> dict:
+    """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step.
+
+    An update whose loss or gradient is not finite is skipped (the scheduler still advances) and counted in
+    ``skips``; ``train.max_nonfinite_in_a_row`` of them in a row raise :class:`NonFiniteUpdates`.
+    """
     a, t = cfg.algorithm, cfg.train
     minibatch_size = len(rollout) // a.num_minibatches
     totals: dict[str, float] = {}
@@ -186,18 +194,30 @@ def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, pa
             num_tokens = minibatch.response_mask.sum()
             max_len = minibatch.response_ids.shape[1]
             optimizer.zero_grad(set_to_none=True)
+            loss_finite = True
             for micro in minibatch.chunks(t.micro_batch_size):
                 stats = MICRO_STEP[a.name](setup.roles, micro, cfg, num_tokens, len(minibatch), max_len)
                 weight = (micro.response_mask.sum() / num_tokens).item()
+                loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
                 for key, value in stats.items():
                     # losses are already partial sums of the minibatch loss; means are weighted by tokens
                     totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
-            grad_norms.append(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm).item())
-            optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            if loss_finite and torch.isfinite(grad_norm):
+                grad_norms.append(grad_norm.item())
+                optimizer.step()
+                skips["in_a_row"] = 0
+            else:
+                skips["total"] += 1
+                skips["in_a_row"] += 1
+                if skips["in_a_row"] >= t.max_nonfinite_in_a_row:
+                    raise NonFiniteUpdates(f"{skips['in_a_row']} updates in a row had a non-finite loss or gradient")
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
     updates = a.ppo_epochs * a.num_minibatches
     out = {key: value / updates for key, value in totals.items()}
-    out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
+    out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+    out["train/skipped_steps"] = skips["total"]
     return out
 
 
@@ -254,15 +274,16 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
         else get_constant_schedule_with_warmup(optimizer, warmup)
     )
     kl_ctl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
+    skips = {"total": 0, "in_a_row": 0}  # non-finite updates skipped
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "kl_controller": kl_ctl, "sampler": sampler}
 
     def trainer_state() -> dict:
         state = {name: obj.state_dict() for name, obj in stateful.items()}
-        return {**state, "sample_gen": sample_gen.get_state(), "shuffle_gen": shuffle_gen.get_state()}
+        return {**state, "sample_gen": sample_gen.get_state(), "shuffle_gen": shuffle_gen.get_state(), "skips": skips}
 
     start_step = 0
     if resume:
-        start_step = resume_state(run_dir, roles, stateful, sample_gen, shuffle_gen)
+        start_step = resume_state(run_dir, roles, stateful, sample_gen, shuffle_gen, skips)
     trackers = Trackers(cfg, run_dir, t.steps, start_step)
     prompts_per_step = r.batch_size // r.samples_per_prompt
 
@@ -284,7 +305,15 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
             kl_coef = kl_ctl.value
             rollout, adv_stats = ADVANTAGES[a.name](rollout, cfg, kl_coef)
             # 5. K epochs × M minibatches of the clipped policy loss (+ clipped value loss for PPO)
-            update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen)
+            try:
+                update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips)
+            except NonFiniteUpdates as err:
+                trackers.close()
+                last = latest_checkpoint(run_dir)
+                raise UserError(
+                    f"training stopped at step {step}: {err}. Lower train.lr or check the reward; "
+                    f"last good checkpoint: {last or 'none (set checkpoint.every)'}"
+                ) from None
             finished = time.perf_counter()
             # 6. metrics, KL controller, checkpoint
             mask = rollout.response_mask
@@ -333,7 +362,7 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     return run_dir
 
 
-def resume_state(run_dir: Path, roles: Roles, stateful: dict, sample_gen, shuffle_gen) -> int:
+def resume_state(run_dir: Path, roles: Roles, stateful: dict, sample_gen, shuffle_gen, skips: dict) -> int:
     """Restore everything from the newest complete checkpoint; cut metrics.jsonl back to its step."""
     path = latest_checkpoint(run_dir)
     if path is None:
@@ -343,6 +372,7 @@ def resume_state(run_dir: Path, roles: Roles, stateful: dict, sample_gen, shuffl
         obj.load_state_dict(state[name])
     sample_gen.set_state(state["sample_gen"])
     shuffle_gen.set_state(state["shuffle_gen"])
+    skips.update(state["skips"])
     step = state["step"]
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():

@@ -28,12 +28,16 @@ def imdb_prompts(split: str = "train[:300]", n_words: int = 10, dataset: str = "
     try:
         from datasets import load_dataset
     except ImportError:
-        raise UserError("data.source=imdb needs the 'datasets' package: pip install 'rlhflab[data]', or give "
-                        "your own prompts with data.source=file and data.prompts_file=FILE") from None
+        raise UserError(
+            "data.source=imdb needs the 'datasets' package: pip install 'rlhflab[data]', or give "
+            "your own prompts with data.source=file and data.prompts_file=FILE"
+        ) from None
     try:
         rows = load_dataset(dataset, split=split)
     except Exception as err:  # datasets raises many kinds of network / hub errors
-        raise UserError(f"data.source=imdb: cannot load {dataset!r} split {split!r} from the Hugging Face hub "
-                        f"({type(err).__name__}); without hub access, use data.source=file with "
-                        f"data.prompts_file=FILE (one prompt per line)") from None
+        raise UserError(
+            f"data.source=imdb: cannot load {dataset!r} split {split!r} from the Hugging Face hub "
+            f"({type(err).__name__}); without hub access, use data.source=file with "
+            f"data.prompts_file=FILE (one prompt per line)"
+        ) from None
     return [opening(row["text"], n_words) for row in rows]
