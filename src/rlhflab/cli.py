@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run: starting model vs trained policy on held-out prompts")
     p.add_argument("--run", required=True, help="a run directory written by `rlhflab train`")
 
+    p = sub.add_parser("push", help="upload a run's final/ adapter and model card to the Hugging Face Hub")
+    p.add_argument("--run", required=True, help="a run directory written by `rlhflab train`")
+    p.add_argument("--repo-id", required=True, help="Hub model repository NAMESPACE/NAME (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; upload nothing")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p = sub.add_parser("report", help="(re)write a run's report.md, report.html and plots")
+    p.add_argument("--run", required=True, help="a run directory written by `rlhflab train`")
+
     p = sub.add_parser("compare", help="PPO vs RLOO vs GRPO at an equal sample budget (not yet available)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("bench", help="speed and memory benchmark of the role layouts (not yet available)")
@@ -110,6 +118,8 @@ def cmd_train(args) -> int:
         return 0
     if args.resume:
         return _resume(args)
+    if not args.preset and not args.config:
+        raise UserError("give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")")
     cfg = _config_from_args(args, args.preset)
     if args.print_config:
         import yaml
@@ -132,6 +142,10 @@ def _resume(args) -> int:
     config_file = Path(args.output_dir) / "config.yaml"
     if not config_file.is_file():
         raise UserError(f"--resume: {args.output_dir} is not a run directory (no config.yaml)")
+    from rlhflab.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(Path(args.output_dir)) is None:
+        raise UserError(f"--resume: {args.output_dir} has no complete checkpoint to resume from")
     overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     cfg = build_config(config_file=str(config_file), overrides=overrides)
     cfg.output_dir = args.output_dir
@@ -186,9 +200,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from rlhflab.modelcard import push
+
+    push(Path(args.run), args.repo_id, dry_run=args.dry_run, private=args.private)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from rlhflab.report import write_report
+
+    print(f"report written: {write_report(Path(args.run))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "demo": cmd_demo, "sft": cmd_sft, "eval": cmd_eval}
+    handlers = {
+        "train": cmd_train,
+        "demo": cmd_demo,
+        "sft": cmd_sft,
+        "eval": cmd_eval,
+        "push": cmd_push,
+        "report": cmd_report,
+    }
     try:
         if args.command in ("compare", "bench"):
             issue = {"compare": "#5 (RLOO, GRPO and compare)", "bench": "#9 (performance benchmark)"}[args.command]

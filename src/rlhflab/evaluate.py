@@ -17,7 +17,6 @@ import torch
 from rlhflab.config import Config, load_config
 from rlhflab.errors import UserError
 from rlhflab.ops import masked_sum
-from rlhflab.rewards import build_reward
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -133,4 +132,8 @@ def eval_command(run_dir: Path) -> dict:
     setup = load_setup(cfg, with_critic=False)
     setup.roles.load(weights)
     print(f"loaded adapters from {weights}")
-    return evaluate_run(run_dir, cfg, setup, build_reward(cfg.reward, cfg.model.trust_remote_code))
+    summary = evaluate_run(run_dir, cfg, setup, setup.reward)
+    from rlhflab.report import write_outputs
+
+    write_outputs(run_dir)  # refresh the report and model card with the new eval
+    return summary

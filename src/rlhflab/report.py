@@ -149,6 +149,12 @@ PANEL_NAMES = ("score", "kl", "entropy", "policy", "generation", "value", "rewar
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
 
+CURVES_NOTE = (
+    "One point per optimisation step (metric keys as in docs/metrics.md). In runs of 30 steps or more the faint line "
+    "is the per-step value and the bold line its centred moving average."
+)
+
+
 def smooth(values: list[float], half_window: int) -> list[float]:
     """Centred moving average over finite values (window 2·h+1, shorter at the ends)."""
     out = []
@@ -158,8 +164,17 @@ def smooth(values: list[float], half_window: int) -> list[float]:
     return out
 
 
-def draw_panel(panel: Panel, metrics: list[dict], path: Path) -> bool:
-    """Draw one panel to ``path``; False (and nothing written) when none of its keys were logged."""
+@dataclass
+class Plot:
+    """A PNG that was written: its title, path and number of side-by-side subplots."""
+
+    title: str
+    path: Path
+    columns: int
+
+
+def draw_panel(panel: Panel, metrics: list[dict], path: Path) -> int:
+    """Draw one panel to ``path``; returns its number of subplots, 0 (nothing written) when no key was logged."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global state, no GUI backend
     from matplotlib.figure import Figure
 
@@ -167,7 +182,7 @@ def draw_panel(panel: Panel, metrics: list[dict], path: Path) -> bool:
     axes = [(axis, [line for line in lines if line[1]]) for axis, lines in axes]
     axes = [(axis, lines) for axis, lines in axes if lines]
     if not axes:
-        return False
+        return 0
     width = 5.6 * len(axes)
     fig = Figure(figsize=(width, 3.3), dpi=100)
     # fixed margins (in inches) rather than constrained layout, which draws every figure twice
@@ -193,10 +208,10 @@ def draw_panel(panel: Panel, metrics: list[dict], path: Path) -> bool:
             ax.axhline(0, color="#555555", linewidth=0.8)
         ax.legend(fontsize=8, frameon=False, loc="best")
     fig.savefig(path, format="png")
-    return True
+    return len(axes)
 
 
-def write_plots(run_dir: Path, metrics: list[dict]) -> list[tuple[Panel, Path]]:
+def write_plots(run_dir: Path, metrics: list[dict]) -> list[Plot]:
     """PNG per panel in ``run_dir/plots``; stale PNGs of panels not drawn this time are removed."""
     out = run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
@@ -204,13 +219,14 @@ def write_plots(run_dir: Path, metrics: list[dict]) -> list[tuple[Panel, Path]]:
     for panel in panels_for(metrics) if metrics else []:
         path = out / f"{panel.name}.png"
         try:
-            if draw_panel(panel, metrics, path):
-                written.append((panel, path))
+            columns = draw_panel(panel, metrics, path)
+            if columns:
+                written.append(Plot(panel.title, path, columns))
         except Exception as err:  # a plot must never fail a run: warn and leave the panel out
             print(f"report: skipped the {panel.name} plot ({type(err).__name__}: {err})", file=sys.stderr)
     for name in PANEL_NAMES:
         stale = out / f"{name}.png"
-        if stale.exists() and all(path != stale for _, path in written):
+        if stale.exists() and all(plot.path != stale for plot in written):
             stale.unlink()
     return written
 
@@ -276,7 +292,7 @@ def describe_run(cfg: dict, metrics: list[dict], run_dir: Path) -> str:
     steps = t.get("steps", "?")
     parts = [
         f"{describe_algorithm(cfg)} fine-tuned a LoRA adapter (r={lora.get('r', '?')}, α={lora.get('alpha', '?')})"
-        f" on {describe_model(str(m.get('name', '?')))} to maximise the judge score {reward},"
+        f" on {describe_model(str(m.get('name', '?')))} to maximise the judge score, reward = {reward},"
         f" with a KL penalty to the starting model ({kl}).",
         f"Each of the {steps} steps sampled {batch} completions ({prompts} prompts × {k}) of at most"
         f" {r.get('max_new_tokens', '?')} new tokens at temperature {r.get('temperature', '?')}, then ran"
@@ -308,6 +324,25 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def held_out(cfg: dict) -> bool:
+    """Whether the evaluation prompts were held out; without any configured, train.py uses the first training ones."""
+    data, ev = section(cfg, "data"), section(cfg, "eval")
+    return data.get("source", "demo") == "demo" or bool(data.get("eval_prompts_file")) or bool(ev.get("prompts"))
+
+
+def eval_intro(cfg: dict, n) -> str:
+    """The sentence above the before/after table: how many completions, of which prompts."""
+    prompts = (
+        "held-out prompts"
+        if held_out(cfg)
+        else "the first training prompts (no held-out prompts were configured: set data.eval_prompts_file)"
+    )
+    return (
+        f"{n} completions per side of {prompts}, scored by the training judge:"
+        " the starting model (before) vs the trained policy (after)."
+    )
 
 
 def summary_rows(threshold) -> list[tuple[str, str, str]]:
@@ -382,14 +417,14 @@ def render_markdown(run_dir, cfg, metrics, summary, samples, plots) -> str:
     out += ["## Before and after training", ""]
     if summary:
         n = summary["after"].get("num_samples", len(samples) // 2)
-        out += [f"Held-out prompts, {n} completions per side: the starting model (before) vs the trained policy.", ""]
+        out += [eval_intro(cfg, n), ""]
         out += md_table(["metric", "before", "after", "change"], summary_table(summary, threshold)) + [""]
     else:
         out += [f"No evaluation yet (no eval/summary.json): run `rlhflab eval --run {run_dir}`.", ""]
-    out += ["## Training curves", ""]
-    out += [f"![{panel.title}](plots/{path.name})\n" for panel, path in plots] or ["(no metrics to plot)", ""]
+    out += ["## Training curves", ""] + ([CURVES_NOTE, ""] if plots else [])
+    out += [f"![{plot.title}](plots/{plot.path.name})\n" for plot in plots] or ["(no metrics to plot)", ""]
     if samples:
-        out += ["## Held-out completions", ""]
+        out += ["## Completions before and after", ""]
         rows, previous = [], None
         for prompt, label, score, text in samples:
             rows.append([md_cell(prompt) if prompt != previous else "", label, format_score(score), md_cell(text)])
@@ -402,7 +437,7 @@ def render_markdown(run_dir, cfg, metrics, summary, samples, plots) -> str:
 # html
 
 CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222; max-width: 1140px;
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222; max-width: 1200px;
        margin: 2em auto; padding: 0 1.5em; line-height: 1.5; }
 h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
 h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #eee; padding-bottom: .2em; }
@@ -410,7 +445,8 @@ p.summary { font-size: 1.02em; background: #f6f8fa; padding: .8em 1em; border-ra
 table { border-collapse: collapse; margin: .5em 0 1em; }
 th, td { border: 1px solid #d0d7de; padding: .35em .7em; vertical-align: top; text-align: left; }
 th { background: #f0f3f6; }
-table.numbers td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
+table.numbers td:not(:first-child), table.numbers th:not(:first-child) {
+  text-align: right; font-variant-numeric: tabular-nums; }
 table.samples { width: 100%; font-size: .93em; }
 table.samples td.prompt { width: 22%; font-weight: 600; }
 table.samples td.model { width: 4.5em; color: #555; }
@@ -418,8 +454,9 @@ table.samples td.score { width: 4.5em; text-align: right; font-variant-numeric: 
 table.samples tr.after td { border-bottom: 2px solid #aab4be; }
 td.pos { color: #116329; background: #e6f4ea; }
 td.neg { color: #a40e26; background: #fdecee; }
-figure { margin: 0 0 1.2em; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+div.plots { display: grid; grid-template-columns: 1fr 1fr; gap: .8em; }
+figure { margin: 0; } figure.double { grid-column: 1 / -1; }
+figure img { width: 100%; height: auto; border: 1px solid #eee; box-sizing: border-box; }
 code { background: #f0f3f6; padding: 0 .25em; border-radius: 3px; }
 """
 
@@ -449,10 +486,7 @@ def render_html(run_dir, cfg, metrics, summary, samples, plots) -> str:
     ]
     if summary:
         n = summary["after"].get("num_samples", len(samples) // 2)
-        out.append(
-            f"<p>Held-out prompts, {e(str(n))} completions per side: the starting model (before) vs the "
-            "trained policy (after).</p>"
-        )
+        out.append(f"<p>{e(eval_intro(cfg, n))}</p>")
         out.append('<table class="numbers"><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>')
         out += [
             "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in summary_table(summary, threshold)
@@ -463,12 +497,17 @@ def render_html(run_dir, cfg, metrics, summary, samples, plots) -> str:
             f"<p>No evaluation yet (no eval/summary.json): run <code>rlhflab eval --run {e(str(run_dir))}</code>.</p>"
         )
     out.append("<h2>Training curves</h2>")
-    for panel, path in plots:
-        out.append(f'<figure><img src="{data_uri(path)}" alt="{e(panel.title)}"></figure>')
+    if plots:
+        out.append(f"<p>{e(CURVES_NOTE)}</p>")
+    out.append('<div class="plots">')
+    for plot in plots:
+        width = "single" if plot.columns == 1 else "double"
+        out.append(f'<figure class="{width}"><img src="{data_uri(plot.path)}" alt="{e(plot.title)}"></figure>')
+    out.append("</div>")
     if not plots:
         out.append("<p>(no metrics to plot)</p>")
     if samples:
-        out.append("<h2>Held-out completions</h2>")
+        out.append("<h2>Completions before and after</h2>")
         out.append('<table class="samples"><tr><th>prompt</th><th>model</th><th>score</th><th>continuation</th></tr>')
         for i in range(0, len(samples) - 1, 2):
             (prompt, _, b_score, b_text), (a_prompt, _, a_score, a_text) = samples[i], samples[i + 1]
@@ -513,3 +552,26 @@ def write_report(run_dir: Path) -> Path:
     path = run_dir / "report.md"
     path.write_text(render_markdown(run_dir, cfg, metrics, summary, samples, plots))
     return path
+
+
+def write_outputs(run_dir: Path) -> list[Path]:
+    """End-of-run hook: the report and, when final/ exists, the model card. Never raises; returns what was written.
+
+    A failure (a plotting library problem, a full disk, ...) prints one warning line: the trained adapter and the
+    metrics are already saved, and ``write_report`` can be run again later.
+    """
+    from rlhflab.modelcard import write_model_card
+
+    run_dir = Path(run_dir)
+    steps = [("report", write_report)] + ([("model card", write_model_card)] if (run_dir / "final").is_dir() else [])
+    written = []
+    for what, write in steps:
+        try:
+            path = write(run_dir)
+        except Exception as err:  # never fail a finished training run over its report
+            print(f"warning: could not write the {what} of {run_dir} ({type(err).__name__}: {err})", file=sys.stderr)
+            continue
+        written.append(path)
+        shown = path.with_suffix(".html") if what == "report" else path
+        print(f"{what}: {shown}")
+    return written

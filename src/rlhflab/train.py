@@ -28,7 +28,7 @@ from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
-from rlhflab.rewards import build_reward
+from rlhflab.rewards import CompositeReward, build_reward
 from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
 from rlhflab.tracking import Trackers
 
@@ -45,6 +45,7 @@ class Setup:
 
     tokenizer: object
     roles: Roles
+    reward: CompositeReward
     train_prompts: list[str]
     eval_prompts: list[str]
     device: torch.device
@@ -67,12 +68,7 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
 def load_setup(cfg: Config, with_critic: bool | None = None) -> Setup:
     """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise."""
     model_name, train_file, eval_file = resolve_sources(cfg)
-    device = resolve_device(cfg.model.device)
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
-    base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
-    base.requires_grad_(False)
-    roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
+    # prompts first: a bad prompts file fails in a second, before a large model is loaded
     if cfg.data.source == "imdb":
         from rlhflab.data.imdb import imdb_prompts
 
@@ -81,15 +77,29 @@ def load_setup(cfg: Config, with_critic: bool | None = None) -> Setup:
         train_prompts = read_prompts(train_file)
     if eval_file:
         eval_prompts = cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
-    else:  # without held-out prompts, the first training prompts show the change (said in the report)
+    else:  # without held-out prompts, the first training prompts show the change
         eval_prompts = cfg.eval.prompts or train_prompts[:16]
-    return Setup(tokenizer, roles, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
+    reward = build_reward(cfg.reward, cfg.model.trust_remote_code)  # a bad judge fails before the model loads
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
+    base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
+    base.requires_grad_(False)
+    roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
+    return Setup(tokenizer, roles, reward, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
 
 
-def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+def check_run_dir(cfg: Config, overwrite: bool) -> Path:
+    """Refuse an output directory that already holds a run, unless told to overwrite it."""
     run_dir = Path(cfg.output_dir)
     if (run_dir / "config.yaml").exists() and not overwrite:
         raise UserError(f"--output-dir: {run_dir} already holds a run; pass --overwrite to replace it")
+    return run_dir
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
+    """Create the run directory and write the resolved config (only once everything has loaded)."""
+    run_dir = check_run_dir(cfg, overwrite)
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -254,11 +264,13 @@ class StopRequest:
 
 def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     """Run ``cfg.train.steps`` PPO steps; writes the run directory described in DESIGN §4. Returns its path."""
-    run_dir = Path(cfg.output_dir) if resume else prepare_run_dir(cfg, overwrite)
+    run_dir = Path(cfg.output_dir) if resume else check_run_dir(cfg, overwrite)
     seed_everything(cfg.seed)
-    setup = load_setup(cfg)
+    setup = load_setup(cfg)  # a bad model, prompts file or judge stops here, before the run directory is touched
+    if not resume:
+        prepare_run_dir(cfg, overwrite)
     roles, tokenizer, device = setup.roles, setup.tokenizer, setup.device
-    reward = build_reward(cfg.reward, cfg.model.trust_remote_code)
+    reward = setup.reward
     a, r, t = cfg.algorithm, cfg.rollout, cfg.train
 
     sampler = PromptSampler(setup.train_prompts, cfg.seed)
@@ -359,6 +371,9 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
         from rlhflab.evaluate import evaluate_run
 
         evaluate_run(run_dir, cfg, setup, reward)
+    from rlhflab.report import write_outputs
+
+    write_outputs(run_dir)  # report.md/.html + plots/, final/README.md; never raises
     return run_dir
 
 

@@ -1,0 +1,99 @@
+"""Bad input: one clear line naming the problem, exit code 2, no traceback, earlier work untouched."""
+
+import pytest
+
+from rlhflab.cli import main
+
+
+@pytest.fixture()
+def base_args(tiny_model_dir, prompts_file, tmp_path):
+    config = tmp_path / "ok.yaml"
+    config.write_text("{}\n")
+
+    def make(*extra, out=None):
+        return [
+            "train",
+            "--config",
+            str(config),
+            "--output-dir",
+            str(out or tmp_path / "run"),
+            "--steps",
+            "1",
+            "--set",
+            f"model.name={tiny_model_dir}",
+            "--set",
+            "model.device=cpu",
+            "--set",
+            "data.source=file",
+            "--set",
+            f"data.prompts_file={prompts_file}",
+            "--set",
+            "rollout.batch_size=4",
+            "--set",
+            "train.micro_batch_size=2",
+            "--set",
+            "rollout.max_new_tokens=3",
+            "--set",
+            "tracking.progress=false",
+            *extra,
+        ]
+
+    return make
+
+
+def one_line_error(capsys, fragment):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert fragment in err, err
+    return err
+
+
+def test_bad_inputs(base_args, tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: {steps: [1, 2}\n")
+    empty_prompts = tmp_path / "empty.txt"
+    empty_prompts.write_text("\n  \n")
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"prompt": "ok"}\n{not json}\n')
+    no_ckpt = tmp_path / "no-ckpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.yaml").write_text((tmp_path / "ok.yaml").read_text())
+    cases = [
+        (["train", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'; available presets:"),
+        (["train", "--config", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["train", "--config", str(bad_yaml)], "malformed YAML (line 1)"),
+        (["train"], "give --preset NAME or --config FILE"),
+        (base_args("--set", "rollout.max_new_tokens=abc"), "rollout.max_new_tokens: expected an integer, got 'abc'"),
+        (base_args("--set", "rollout.batch_size=0"), "rollout.batch_size: must be a positive integer, got 0"),
+        (base_args("--set", "train.lr=-0.1"), "train.lr: must be > 0, got -0.1"),
+        (base_args("--set", "train.lr"), "expected dotted.key=value"),
+        (base_args("--set", "train.learning_rate=1"), "unknown config key 'train.learning_rate'; valid keys"),
+        (base_args("--set", "algorithm.name=dpo"), "choose one of ppo, rloo, grpo"),
+        (base_args("--set", "train.micro_batch_size=3"), "must be divisible by train.micro_batch_size (3)"),
+        (base_args("--set", "model.name=/no/such/model"), "local model directory '/no/such/model' does not exist"),
+        (base_args("--set", f"data.prompts_file={tmp_path}/none.txt"), "none.txt' does not exist"),
+        (base_args("--set", f"data.prompts_file={empty_prompts}"), "holds no prompts"),
+        (base_args("--set", f"data.prompts_file={bad_jsonl}"), "bad.jsonl:2 is not valid JSON"),
+        (
+            base_args("--set", "reward.components=[{name: r, kind: callable, function: 'nowhere:fn'}]"),
+            "cannot import 'nowhere:fn'",
+        ),
+        (base_args("--set", "data.prompts_file=null"), "data.prompts_file: required when data.source is 'file'"),
+        (["train", "--resume", "--output-dir", str(tmp_path / "absent")], "is not a run directory"),
+        (["train", "--resume", "--output-dir", str(no_ckpt)], "has no complete checkpoint to resume from"),
+        (["eval", "--run", str(tmp_path)], "is not a run directory (no config.yaml)"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 2, argv
+        one_line_error(capsys, fragment)
+    assert len(cases) >= 15
+
+
+def test_existing_run_is_never_harmed(base_args, tmp_path, capsys):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "config.yaml").write_text("seed: 7\n")
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert main(base_args(out=out)) == 2
+    one_line_error(capsys, "already holds a run; pass --overwrite")
+    assert (out / "config.yaml").read_text() == "seed: 7\n" and (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
