@@ -63,7 +63,7 @@ def test_card_content(tmp_path):
     for heading in ("## Architecture", "## Hyper-parameters", "## Final training metrics", "## How to load"):
         assert heading in card
     assert "**Critic**" in card and "**Reference**" in card and "**Judge**" in card
-    assert "| `algorithm.kl_coef` | 0.05 |" in card
+    assert "| `algorithm.kl_coef` | 0.02 |" in card  # the demo-ppo preset's value
     assert "| `train.lr` | 0.001 |" in card
     assert "| `objective/scores` | 0.71 |" in card and "| `step` | 40 |" in card  # the last line
     assert "| mean score | +0.500 | +0.500 |" in card
