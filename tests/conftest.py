@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from rlhflab.models.tiny import build_tiny_model, tiny_config, train_tokenizer
 
 SHARED_ASSETS = Path(os.environ.get("RLHFLAB_TEST_ASSETS", Path(__file__).resolve().parents[1] / "../shared/assets"))
 
@@ -22,41 +21,52 @@ TEXTS = [
 
 
 def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
-    """Train a 300-token byte-level BPE and save a 2-layer random GPT-NeoX next to it."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(TEXTS, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        pad_token="<|padding|>",
-        padding_side="left",
-    )
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        eos_token_id=0,
-        bos_token_id=0,
-        pad_token_id=1,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
-    model = GPTNeoXForCausalLM(config)
-    model.save_pretrained(path)
-    fast.save_pretrained(path)
+    """A 300-token byte-level BPE (the demo's own trainer) and a 2-layer random GPT-NeoX saved next to it."""
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    config = tiny_config(len(tokenizer), hidden_size=32, num_layers=2, num_heads=4, max_positions=128)
+    build_tiny_model(config, seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
+
+
+LENGTH_REWARD = "reward.components=[{name: length, kind: callable, function: 'reward_fns:length_reward'}]"
+
+
+def train_argv(
+    model_dir: Path,
+    prompts_file: Path,
+    out: Path,
+    *extra: str,
+    steps: int = 2,
+    batch: int = 8,
+    micro: int = 4,
+    new_tokens: int = 6,
+) -> list[str]:
+    """`rlhflab train` arguments for a tiny CPU run on the fixture model, rewarded by completion length."""
+    config = Path(out).parent / "empty.yaml"
+    config.write_text("{}\n")
+    sets = [
+        f"model.name={model_dir}",
+        "model.device=cpu",
+        "data.source=file",
+        f"data.prompts_file={prompts_file}",
+        f"rollout.batch_size={batch}",
+        f"train.micro_batch_size={micro}",
+        f"rollout.max_new_tokens={new_tokens}",
+        "tracking.progress=false",
+        LENGTH_REWARD,
+    ]
+    return [
+        "train",
+        "--config",
+        str(config),
+        "--output-dir",
+        str(out),
+        "--steps",
+        str(steps),
+        *[arg for value in sets for arg in ("--set", value)],
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")

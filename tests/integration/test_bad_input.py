@@ -1,42 +1,17 @@
 """Bad input: one clear line naming the problem, exit code 2, no traceback, earlier work untouched."""
 
 import pytest
+from conftest import train_argv
 
 from rlhflab.cli import main
 
 
 @pytest.fixture()
 def base_args(tiny_model_dir, prompts_file, tmp_path):
-    config = tmp_path / "ok.yaml"
-    config.write_text("{}\n")
-
     def make(*extra, out=None):
-        return [
-            "train",
-            "--config",
-            str(config),
-            "--output-dir",
-            str(out or tmp_path / "run"),
-            "--steps",
-            "1",
-            "--set",
-            f"model.name={tiny_model_dir}",
-            "--set",
-            "model.device=cpu",
-            "--set",
-            "data.source=file",
-            "--set",
-            f"data.prompts_file={prompts_file}",
-            "--set",
-            "rollout.batch_size=4",
-            "--set",
-            "train.micro_batch_size=2",
-            "--set",
-            "rollout.max_new_tokens=3",
-            "--set",
-            "tracking.progress=false",
-            *extra,
-        ]
+        return train_argv(
+            tiny_model_dir, prompts_file, out or tmp_path / "run", *extra, steps=1, batch=4, micro=2, new_tokens=3
+        )
 
     return make
 
@@ -57,7 +32,7 @@ def test_bad_inputs(base_args, tmp_path, capsys):
     bad_jsonl.write_text('{"prompt": "ok"}\n{not json}\n')
     no_ckpt = tmp_path / "no-ckpt"
     no_ckpt.mkdir()
-    (no_ckpt / "config.yaml").write_text((tmp_path / "ok.yaml").read_text())
+    (no_ckpt / "config.yaml").write_text("{}\n")
     cases = [
         (["train", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'; available presets:"),
         (["train", "--config", str(tmp_path / "missing.yaml")], "does not exist"),

@@ -4,50 +4,25 @@ import json
 import math
 
 import torch
+from conftest import train_argv
 
 import rlhflab.train as train_module
 from rlhflab.cli import main
 
 
 def args_for(model_dir, prompts_file, out, *extra):
-    config = prompts_file.parent / "faults.yaml"
-    config.write_text("{}\n")
-    return [
-        "train",
-        "--config",
-        str(config),
-        "--output-dir",
-        str(out),
-        "--steps",
-        "3",
-        "--set",
-        f"model.name={model_dir}",
-        "--set",
-        "model.device=cpu",
-        "--set",
-        "data.source=file",
-        "--set",
-        f"data.prompts_file={prompts_file}",
-        "--set",
-        "rollout.batch_size=4",
-        "--set",
-        "train.micro_batch_size=2",
-        "--set",
-        "rollout.max_new_tokens=4",
-        "--set",
-        "train.lr=5e-3",
-        "--set",
-        "algorithm.ppo_epochs=2",
-        "--set",
-        "checkpoint.every=1",
-        "--set",
-        "eval.enabled=false",
-        "--set",
-        "tracking.progress=false",
-        "--set",
-        "reward.components=[{name: length, kind: callable, function: 'reward_fns:length_reward'}]",
+    sets = ["train.lr=5e-3", "algorithm.ppo_epochs=2", "checkpoint.every=1", "eval.enabled=false"]
+    return train_argv(
+        model_dir,
+        prompts_file,
+        out,
+        *[a for v in sets for a in ("--set", v)],
         *extra,
-    ]
+        steps=3,
+        batch=4,
+        micro=2,
+        new_tokens=4,
+    )
 
 
 def poison(monkeypatch, bad_calls):

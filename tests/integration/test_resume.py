@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import train_argv
 from safetensors.torch import load_file
 
 from rlhflab.checkpoint import latest_checkpoint
@@ -19,45 +20,23 @@ TIMING = ("time/", "perf/")
 
 
 def args_for(model_dir, prompts_file, out, steps=4):
-    config = prompts_file.parent / "resume.yaml"
-    config.write_text("{}\n")
-    return [
-        "train",
-        "--config",
-        str(config),
-        "--output-dir",
-        str(out),
-        "--steps",
-        str(steps),
-        "--set",
-        f"model.name={model_dir}",
-        "--set",
-        "model.device=cpu",
-        "--set",
-        "data.source=file",
-        "--set",
-        f"data.prompts_file={prompts_file}",
-        "--set",
-        "rollout.batch_size=4",
-        "--set",
-        "train.micro_batch_size=2",
-        "--set",
-        "rollout.max_new_tokens=5",
-        "--set",
+    extra = [
         "train.lr=5e-3",
-        "--set",
         "algorithm.ppo_epochs=2",
-        "--set",
         "checkpoint.every=1",
-        "--set",
         "checkpoint.keep=10",
-        "--set",
         "eval.enabled=false",
-        "--set",
-        "tracking.progress=false",
-        "--set",
-        "reward.components=[{name: length, kind: callable, function: 'reward_fns:length_reward'}]",
     ]
+    return train_argv(
+        model_dir,
+        prompts_file,
+        out,
+        *[a for v in extra for a in ("--set", v)],
+        steps=steps,
+        batch=4,
+        micro=2,
+        new_tokens=5,
+    )
 
 
 def metrics(run):

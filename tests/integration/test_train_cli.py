@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import train_argv
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -38,47 +39,11 @@ REQUIRED_METRICS = [
 
 
 def run_args(model_dir, prompts_file, out, *extra):
-    return [
-        "train",
-        "--config",
-        str(prompts_file.parent / "empty.yaml"),
-        "--output-dir",
-        str(out),
-        "--steps",
-        "2",
-        "--set",
-        f"model.name={model_dir}",
-        "--set",
-        "model.device=cpu",
-        "--set",
-        "data.source=file",
-        "--set",
-        f"data.prompts_file={prompts_file}",
-        "--set",
-        "rollout.batch_size=8",
-        "--set",
-        "train.micro_batch_size=4",
-        "--set",
-        "rollout.max_new_tokens=6",
-        "--set",
-        "train.lr=1e-2",
-        "--set",
-        "eval.max_prompts=4",
-        "--set",
-        "tracking.progress=false",
-        "--set",
-        'reward.components=[{name: length, kind: callable, function: "reward_fns:length_reward"}]',
-        *extra,
-    ]
-
-
-@pytest.fixture()
-def empty_config(prompts_file):
-    (prompts_file.parent / "empty.yaml").write_text("{}\n")
+    return train_argv(model_dir, prompts_file, out, "--set", "train.lr=1e-2", "--set", "eval.max_prompts=4", *extra)
 
 
 @pytest.mark.parametrize("extra", [(), ("--set", "model.roles=separate", "--set", "critic.granularity=sequence")])
-def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, empty_config, extra):
+def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, extra):
     out = tmp_path / "run"
     assert main(run_args(tiny_model_dir, prompts_file, out, *extra)) == 0
 
@@ -156,7 +121,7 @@ def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
     assert any("lora_A" in n and ".critic." in n for n in changed) and any(".default." in n for n in changed)
 
 
-def test_user_errors_are_one_line(tiny_model_dir, prompts_file, tmp_path, empty_config, capsys):
+def test_user_errors_are_one_line(tiny_model_dir, prompts_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(run_args(tiny_model_dir, prompts_file, out, "--set", "train.micro_batch_size=3")) == 2
     err = capsys.readouterr().err
@@ -170,7 +135,7 @@ def test_user_errors_are_one_line(tiny_model_dir, prompts_file, tmp_path, empty_
     assert main(["compare"]) == 2 and "not available yet" in capsys.readouterr().err
 
 
-def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, empty_config, capsys):
+def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text("seed: 1\n")
@@ -180,7 +145,7 @@ def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, empt
 
 
 @pytest.mark.parametrize("algo", ["rloo", "grpo"])
-def test_rloo_and_grpo_run_without_a_critic(tiny_model_dir, prompts_file, tmp_path, empty_config, algo):
+def test_rloo_and_grpo_run_without_a_critic(tiny_model_dir, prompts_file, tmp_path, algo):
     from rlhflab.config import build_config
     from rlhflab.train import load_setup
 
