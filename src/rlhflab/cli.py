@@ -119,7 +119,9 @@ def cmd_train(args) -> int:
     if args.resume:
         return _resume(args)
     if not args.preset and not args.config:
-        raise UserError("give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")")
+        raise UserError(
+            "give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")"
+        )
     cfg = _config_from_args(args, args.preset)
     if args.print_config:
         import yaml

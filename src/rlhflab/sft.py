@@ -25,24 +25,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from rlhflab.config import LoraSettings
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device
+from rlhflab.rollout import position_ids
 
-PYTHIA_LORA_TARGETS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 IGNORE_INDEX = -100
-
-
-@dataclass
-class LoraSettings:
-    """Which LoRA adapter SFT trains instead of the full model."""
-
-    r: int = 16
-    """Rank of the low-rank update."""
-    alpha: int = 32
-    """Scaling numerator: the update is multiplied by ``alpha / r``."""
-    dropout: float = 0.05
-    """Dropout on the adapter input during training."""
-    targets: tuple[str, ...] = PYTHIA_LORA_TARGETS
-    """Module names that get an adapter (GPT-NeoX / Pythia names by default)."""
 
 
 @dataclass
@@ -121,11 +108,6 @@ def collate(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, t
     return input_ids, mask
 
 
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) positions counted from each row's first real token: ``cumsum(mask) - 1``, clamped at 0 on pads."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def _length_grouped_batches(docs: Sequence[Sequence[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Indices of ``docs`` in batches of similar length (little padding), in random batch order."""
     order = sorted(range(len(docs)), key=lambda i: (len(docs[i]), rng.random()))
@@ -159,9 +141,7 @@ def lm_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Ten
     Target ``t`` counts when both it and the token before it (its context position) are real, so pads neither
     predict nor are predicted. Explicit ``position_ids`` make a left-padded row see the same positions as alone.
     """
-    logits = model(
-        input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask)
-    ).logits  # (B, T, V)
+    logits = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=position_ids(mask)).logits  # (B, T, V)
     targets = input_ids[:, 1:].masked_fill(~(mask[:, 1:] & mask[:, :-1]), IGNORE_INDEX)  # (B, T-1)
     nll = F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -204,17 +184,11 @@ def perplexity(
 
 def apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT ``PeftModel`` whose only trainable weights are the LoRA adapter's."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    from rlhflab.models.roles import lora_config
+
+    return get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias))
 
 
 def _optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:

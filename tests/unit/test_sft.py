@@ -8,17 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlhflab.config import LoraSettings
 from rlhflab.data.corpus import generate_reviews
 from rlhflab.models.tiny import build_tiny_model, tiny_config, train_tokenizer
+from rlhflab.rollout import position_ids
 from rlhflab.sft import (
-    LoraSettings,
     SFTConfig,
     collate,
     encode_documents,
     lm_loss_sum,
     pack_documents,
     perplexity,
-    position_ids_from_mask,
     run_sft,
     train_sft,
 )
@@ -68,7 +68,7 @@ def test_collate_left_pads_and_position_ids():
     input_ids, mask = collate([[5, 6, 7], [8]], pad_id=1)
     assert input_ids.tolist() == [[5, 6, 7], [1, 1, 8]]
     assert mask.tolist() == [[True, True, True], [False, False, True]]
-    assert position_ids_from_mask(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
 
 
 def test_forward_gets_explicit_positions_and_mask(tokenizer):

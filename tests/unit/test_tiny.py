@@ -6,11 +6,12 @@ import os
 import pytest
 import torch
 
+from rlhflab.config import LoraSettings
 from rlhflab.data.corpus import EVAL_OPENINGS, generate_reviews, load_reviews
 from rlhflab.models import tiny
 from rlhflab.models.loading import load_causal_lm, load_tokenizer
 from rlhflab.models.tiny import DemoSpec, build_tiny_model, ensure_demo_assets, tiny_config, train_tokenizer
-from rlhflab.sft import PYTHIA_LORA_TARGETS, SFTConfig
+from rlhflab.sft import SFTConfig
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_model_config_and_lora_target_names(tokenizer):
     assert (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) == (0, 0, 1)
     assert cfg.vocab_size == len(tokenizer)
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    assert set(PYTHIA_LORA_TARGETS) <= leaf_names
+    assert set(LoraSettings().target_modules) <= leaf_names
 
 
 def test_same_seed_same_weights(tokenizer):
