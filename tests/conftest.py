@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
 
 from rlhflab.models.tiny import build_tiny_model, tiny_config, train_tokenizer
 
@@ -26,6 +30,54 @@ def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     config = tiny_config(len(tokenizer), hidden_size=32, num_layers=2, num_heads=4, max_positions=128)
     build_tiny_model(config, seed=seed).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+CLASSIFIER_TEXTS = ["a wonderful film with great acting", "awful and boring, the worst plot", "it was a film"]
+
+
+SMALL_DISTILBERT = {"max_position_embeddings": 64, "n_layers": 1, "dim": 32, "hidden_dim": 64, "n_heads": 2}
+
+
+def build_classifier(path, id2label, config_json=None, full_shape=False):
+    """A random DistilBERT with its own locally trained WordPiece tokenizer, saved like a hub checkpoint."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        CLASSIFIER_TEXTS * 5,
+        trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    )
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+    if config_json:
+        config = DistilBertConfig(
+            **{
+                **json.loads(config_json.read_text()),
+                "vocab_size": len(fast),
+                **({} if full_shape else SMALL_DISTILBERT),
+            }
+        )
+    else:
+        config = DistilBertConfig(
+            vocab_size=len(fast),
+            **SMALL_DISTILBERT,
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+        )
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(config).save_pretrained(path)
+    fast.save_pretrained(path)
     return path
 
 

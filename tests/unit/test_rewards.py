@@ -1,9 +1,8 @@
-import json
-
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+from conftest import CLASSIFIER_TEXTS as TEXTS
+from conftest import build_classifier
+from transformers import DistilBertForSequenceClassification, PreTrainedTokenizerFast
 
 from rlhflab.config import RewardComponent, RewardConfig
 from rlhflab.errors import UserError
@@ -12,8 +11,6 @@ from rlhflab.rewards.base import load_callable
 from rlhflab.rewards.classifier import ClassifierReward, find_label
 from rlhflab.rewards.lexicon import VaderReward
 from rlhflab.rewards.shaping import repetition, short
-
-TEXTS = ["a wonderful film with great acting", "awful and boring, the worst plot", "it was a film"]
 
 
 def test_vader_signs_and_a_known_value():
@@ -67,56 +64,6 @@ def test_lexicon_on_prompt_plus_completion():
 
 
 # ------------------------------------------------------------------------------------------------ classifier
-
-
-def build_classifier(path, id2label, config_json=None):
-    """A random DistilBERT with its own locally trained WordPiece tokenizer, saved like a hub checkpoint."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        TEXTS * 5,
-        trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
-    )
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=64,
-    )
-    if config_json:
-        config = DistilBertConfig(
-            **{
-                **json.loads(config_json.read_text()),
-                "vocab_size": len(fast),
-                "max_position_embeddings": 64,
-                "n_layers": 1,
-                "dim": 32,
-                "hidden_dim": 64,
-                "n_heads": 2,
-            }
-        )
-    else:
-        config = DistilBertConfig(
-            vocab_size=len(fast),
-            max_position_embeddings=64,
-            n_layers=1,
-            dim=32,
-            hidden_dim=64,
-            n_heads=2,
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-        )
-    torch.manual_seed(0)
-    DistilBertForSequenceClassification(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
