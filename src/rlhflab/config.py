@@ -84,9 +84,10 @@ class DataConfig:
 class RewardComponent:
     name: str = "vader"
     """Name logged as reward/<name>."""
-    kind: Literal["lexicon", "classifier", "callable", "repetition", "short"] = "lexicon"
+    kind: Literal["lexicon", "classifier", "callable", "repetition", "short", "naive_bayes"] = "lexicon"
     """lexicon: VADER compound in [-1, 1]; classifier: a sequence classifier's label; callable: 'function';
-    repetition: unique words / words of the completion; short: -1 when the completion has < min_words words."""
+    repetition: unique words / words of the completion; short: -1 when the completion has < min_words words;
+    naive_bayes: log-odds of a naive Bayes fitted to a labelled JSONL corpus in 'model' ('demo' = the demo's)."""
     weight: float = 1.0
     """Weight of this component in the summed score."""
     input: Literal["completion", "prompt_completion"] = "completion"
@@ -199,6 +200,8 @@ class EvalConfig:
     """Completions per held-out prompt."""
     positive_threshold: float = 0.05
     """A completion counts as positive when its score exceeds this."""
+    judges: list[RewardComponent] = field(default_factory=list)
+    """Second judges, reported beside the training reward (positive when > 0); e.g. a classifier or naive_bayes."""
 
 
 @dataclass
@@ -473,7 +476,7 @@ def validate(cfg: Config) -> None:
         f"got {r.samples_per_prompt}",
     )
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
-    for c in cfg.reward.components:
+    for c in cfg.reward.components + cfg.eval.judges:
         need(
             c.kind != "callable" or bool(c.function and ":" in c.function),
             f"reward.components: {c.name!r} of kind callable needs function: 'module:function'",

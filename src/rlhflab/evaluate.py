@@ -17,6 +17,7 @@ import torch
 from rlhflab.config import Config, load_config
 from rlhflab.errors import UserError
 from rlhflab.ops import masked_sum
+from rlhflab.rewards.base import build_judge
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -74,6 +75,14 @@ def evaluate_run(run_dir: Path, cfg: Config, setup, reward) -> dict:
     print(f"evaluating the starting model and the trained policy on {len(prompts)} held-out prompts ...")
     before, before_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=True, seed=cfg.seed + 7)
     after, after_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
+    for spec in cfg.eval.judges:  # second judges: did the policy learn the task or the training judge's quirks?
+        judge = build_judge(spec, cfg.model.trust_remote_code)
+        for rows, side_summary in ((before, before_summary), (after, after_summary)):
+            values = judge([r["prompt"] for r in rows], [r["completion"] for r in rows])
+            for row, value in zip(rows, values):
+                row[f"judge/{spec.name}"] = value
+            side_summary[f"judge/{spec.name}_mean"] = sum(values) / len(values)
+            side_summary[f"judge/{spec.name}_positive_share"] = sum(v > 0 for v in values) / len(values)
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("before", before), ("after", after)):
@@ -106,6 +115,8 @@ def format_summary(summary: dict, threshold: float) -> str:
         ("ended with EOS", "eos_rate", "{:.0%}"),
         ("perplexity under the starting model", "ref_perplexity", "{:.2f}"),
     ]
+    for key in (k for k in b if k.startswith("judge/") and k.endswith("_positive_share")):
+        rows.append((f"second judge {key[6:-15]}: positive share", key, "{:.0%}"))
     lines = ["", f"{'':<40} {'before':>10} {'after':>10}"]
     lines += [f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}" for label, key, fmt in rows]
     return "\n".join(lines)

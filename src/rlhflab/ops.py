@@ -11,6 +11,9 @@ import torch
 
 KL_KINDS = ("k1", "k2", "k3")
 
+ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over data-parallel processes (``rlhflab.distributed.Dist.sum``); None = this process only."""
+
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of the valid entries: ``Σ_{mask} x`` over ``dim`` (all dims when None → scalar)."""
@@ -18,39 +21,58 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> t
     return kept.sum() if dim is None else kept.sum(dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def masked_mean(
+    x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, reduce_sum: ReduceSum | None = None
+) -> torch.Tensor:
     """Mean of the valid entries: ``Σ_{mask} x / Σ mask`` over ``dim`` (all dims when None → scalar).
 
     An all-False mask along the reduced dimension gives NaN (0/0), as the mean of nothing is undefined.
+    ``reduce_sum`` (data-parallel training, ``dim=None`` only) sums a tensor over the processes
+    (:meth:`rlhflab.distributed.Dist.sum`): the sum and the count are then those of the global batch.
     """
+    if reduce_sum is not None:
+        if dim is not None:
+            raise ValueError("masked_mean: reduce_sum needs dim=None (a mean over the whole global batch)")
+        return reduce_sum(masked_sum(x, mask)) / reduce_sum(mask.sum())
     count = mask.sum() if dim is None else mask.sum(dim)
     return masked_sum(x, mask, dim) / count
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+def masked_var(
+    x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False, reduce_sum: ReduceSum | None = None
+) -> torch.Tensor:
     """Variance of all valid entries (scalar): ``mean_{mask}((x − mean_{mask} x)²)``.
 
     Biased (divide by n) by default; ``unbiased=True`` rescales by ``n / (n − 1)`` and needs n ≥ 2.
+    ``reduce_sum``: as in :func:`masked_mean`, the variance of the global batch (two all-reduces: mean, then
+    squared deviations from that global mean).
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, reduce_sum=reduce_sum)
+    var = masked_mean((x - mean) ** 2, mask, reduce_sum=reduce_sum)
     if unbiased:
-        n = mask.sum()
+        n = mask.sum() if reduce_sum is None else reduce_sum(mask.sum())
         if n < 2:
             raise ValueError(f"unbiased masked_var needs at least 2 valid entries, got {int(n)}")
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    reduce_sum: ReduceSum | None = None,
+) -> torch.Tensor:
     """Standardise over the valid entries: ``(x − μ) / sqrt(σ² + eps)`` with the biased masked variance σ².
 
     With ``shift_mean=False`` the mean is added back (``(x − μ) / sqrt(σ² + eps) + μ``): only the spread is
     rescaled, which keeps the sign information of e.g. advantages whose mean carries signal.
-    Masked-out positions are returned as 0.
+    Masked-out positions are returned as 0. ``reduce_sum``: μ and σ² of the global batch of all data-parallel
+    processes, from all-reduced sums and counts (see :func:`masked_mean`); each process whitens its own rows.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    mean = masked_mean(x, mask, reduce_sum=reduce_sum)
+    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask, reduce_sum=reduce_sum) + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask, whitened, 0.0)

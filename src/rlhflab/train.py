@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from rlhflab import distributed
 from rlhflab.algorithms.group import group_advantages, group_micro_step
 from rlhflab.algorithms.kl_control import KLController
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
-from rlhflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhflab.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlhflab.config import Config, save_config
 from rlhflab.data.prompts import PromptSampler, read_prompts
+from rlhflab.distributed import SINGLE, Dist
 from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
@@ -65,8 +67,10 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
     return model_name, train_file, eval_file
 
 
-def load_setup(cfg: Config, with_critic: bool | None = None) -> Setup:
-    """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise."""
+def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE) -> Setup:
+    """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise.
+
+    Under torchrun (``dist``) every process loads the same; a CUDA device becomes ``cuda:LOCAL_RANK``."""
     model_name, train_file, eval_file = resolve_sources(cfg)
     # prompts first: a bad prompts file fails in a second, before a large model is loaded
     if cfg.data.source == "imdb":
@@ -80,7 +84,7 @@ def load_setup(cfg: Config, with_critic: bool | None = None) -> Setup:
     else:  # without held-out prompts, the first training prompts show the change
         eval_prompts = cfg.eval.prompts or train_prompts[:16]
     reward = build_reward(cfg.reward, cfg.model.trust_remote_code)  # a bad judge fails before the model loads
-    device = resolve_device(cfg.model.device)
+    device = dist.device(resolve_device(cfg.model.device))
     dtype = resolve_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
     base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
@@ -97,13 +101,17 @@ def check_run_dir(cfg: Config, overwrite: bool) -> Path:
     return run_dir
 
 
-def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
-    """Create the run directory and write the resolved config (only once everything has loaded)."""
+def prepare_run_dir(cfg: Config, overwrite: bool, note: str | None = None) -> Path:
+    """Create the run directory and write the resolved config (only once everything has loaded); ``note`` is
+    appended to config.yaml as YAML comment lines (how the run was launched, e.g. under torchrun)."""
     run_dir = check_run_dir(cfg, overwrite)
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    if note:
+        with (run_dir / "config.yaml").open("a") as f:
+            f.write("".join(f"# {line}\n" for line in note.splitlines()))
     return run_dir
 
 
@@ -187,31 +195,60 @@ class NonFiniteUpdates(Exception):
     """Too many optimiser updates in a row had a non-finite loss or gradient."""
 
 
-def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, params, generator, skips: dict) -> dict:
+def accumulate_gradients(
+    setup: Setup, minibatch: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int, totals: dict
+) -> bool:
+    """Forward + backward of one minibatch in micro-batches, gradients summed into ``.grad``; the stats are added
+    to ``totals``. Returns whether every micro-batch's loss was finite.
+
+    ``num_tokens`` / ``num_seqs`` / ``max_len`` normalise the loss: the minibatch's own for one process; under data
+    parallelism those of the global minibatch (all processes), so this process's loss is its partial sum of the
+    global loss and the gradients of all processes add up to the global gradient.
+    """
+    loss_finite = True
+    for micro in minibatch.chunks(cfg.train.micro_batch_size):
+        stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, max_len)
+        weight = (micro.response_mask.sum() / num_tokens).item()
+        loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
+        for key, value in stats.items():
+            # losses are already partial sums of the minibatch loss; means are weighted by tokens
+            totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
+    return loss_finite
+
+
+def update(
+    setup: Setup,
+    rollout: Rollout,
+    cfg: Config,
+    optimizer,
+    scheduler,
+    params,
+    generator,
+    skips: dict,
+    dist: Dist = SINGLE,
+) -> dict:
     """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step.
 
     An update whose loss or gradient is not finite is skipped (the scheduler still advances) and counted in
     ``skips``; ``train.max_nonfinite_in_a_row`` of them in a row raise :class:`NonFiniteUpdates`.
+    Under data parallelism each process shuffles its own rows; the global minibatch is the union of the processes'
+    minibatches, its gradient the all-reduced sum (see :func:`accumulate_gradients`).
     """
     a, t = cfg.algorithm, cfg.train
     minibatch_size = len(rollout) // a.num_minibatches
+    max_len = dist.max_int(rollout.response_ids.shape[1])  # seq_sum_constant's length: the longest process's T
     totals: dict[str, float] = {}
     grad_norms = []
     for _epoch in range(a.ppo_epochs):
         order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
         for rows in order.split(minibatch_size):
             minibatch = rollout.select(rows)
-            num_tokens = minibatch.response_mask.sum()
-            max_len = minibatch.response_ids.shape[1]
+            num_tokens = dist.sum(minibatch.response_mask.sum())  # all processes' tokens of this minibatch
             optimizer.zero_grad(set_to_none=True)
-            loss_finite = True
-            for micro in minibatch.chunks(t.micro_batch_size):
-                stats = MICRO_STEP[a.name](setup.roles, micro, cfg, num_tokens, len(minibatch), max_len)
-                weight = (micro.response_mask.sum() / num_tokens).item()
-                loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
-                for key, value in stats.items():
-                    # losses are already partial sums of the minibatch loss; means are weighted by tokens
-                    totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
+            loss_finite = accumulate_gradients(
+                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, max_len, totals
+            )
+            loss_finite = dist.all_reduce_gradients(params, loss_finite)  # Σ over processes = global gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             if loss_finite and torch.isfinite(grad_norm):
                 grad_norms.append(grad_norm.item())
@@ -225,10 +262,35 @@ def update(setup: Setup, rollout: Rollout, cfg: Config, optimizer, scheduler, pa
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
     updates = a.ppo_epochs * a.num_minibatches
+    totals = dist.sum_values(totals)  # partial sums of global losses and token-weighted means
     out = {key: value / updates for key, value in totals.items()}
     out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     out["train/skipped_steps"] = skips["total"]
     return out
+
+
+def reduce_metrics(metrics: dict, dist: Dist, tokens: int, global_keys) -> dict:
+    """One step's metrics over all processes (identity for one process), plus ``dist/world_size``.
+
+    ``global_keys`` (update and advantage stats, step, lr, β) are already the same on every process; ``time/*``
+    take the slowest process; the entropy is weighted by each process's ``tokens``; every other metric is a mean
+    over rows, and every process holds the same number of rows, so the mean of the per-process means is the
+    global mean."""
+    if not dist.enabled:
+        return metrics
+    row_means = {k: v for k, v in metrics.items() if k not in global_keys and not k.startswith(("time/", "perf/"))}
+    sums = dist.sum_values({**row_means, "objective/entropy": metrics["objective/entropy"] * tokens, "_tokens": tokens})
+    total_tokens = sums.pop("_tokens")
+    entropy = sums.pop("objective/entropy") / total_tokens
+    slowest = dist.max_values({k: v for k, v in metrics.items() if k.startswith("time/")})
+    return {
+        **metrics,
+        **{k: v / dist.world_size for k, v in sums.items()},
+        "objective/entropy": entropy,
+        **slowest,
+        "perf/tokens_per_second": total_tokens / slowest["time/step"],
+        "dist/world_size": dist.world_size,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,20 +325,36 @@ class StopRequest:
 
 
 def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
-    """Run ``cfg.train.steps`` PPO steps; writes the run directory described in DESIGN §4. Returns its path."""
+    """Run ``cfg.train.steps`` PPO steps; writes the run directory described in DESIGN §4. Returns its path.
+
+    Under ``torchrun`` every process runs this with its share of each batch (:mod:`rlhflab.distributed`)."""
+    dist = distributed.init(resolve_device(cfg.model.device))
+    try:
+        return _train(cfg, dist, overwrite, resume)
+    finally:
+        dist.close()
+
+
+def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
+    a, r, t = cfg.algorithm, cfg.rollout, cfg.train
+    dist.check_batch(r.batch_size, r.samples_per_prompt, a.num_minibatches, t.micro_batch_size)
     run_dir = Path(cfg.output_dir) if resume else check_run_dir(cfg, overwrite)
-    seed_everything(cfg.seed)
-    setup = load_setup(cfg)  # a bad model, prompts file or judge stops here, before the run directory is touched
-    if not resume:
-        prepare_run_dir(cfg, overwrite)
+    seed_everything(cfg.seed)  # the same on every process: identical LoRA initialisation
+    with dist.main_process_first():  # rank 0 builds the demo assets (first use); the others then find them
+        resolve_sources(cfg)
+    setup = load_setup(cfg, dist=dist)  # a bad model, prompts file or judge stops here, before the run dir is touched
+    if not resume and dist.is_main:
+        prepare_run_dir(cfg, overwrite, note=distributed_note(cfg, dist))
     roles, tokenizer, device = setup.roles, setup.tokenizer, setup.device
     reward = setup.reward
-    a, r, t = cfg.algorithm, cfg.rollout, cfg.train
 
-    sampler = PromptSampler(setup.train_prompts, cfg.seed)
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # token sampling
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
+    sampler = PromptSampler(setup.train_prompts, cfg.seed)  # the same global order on every process
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + dist.rank)  # token sampling, per process
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order (of each process's own rows)
     params = roles.trainable_parameters()
+    dist.broadcast_parameters(params)  # every process starts from rank 0's weights
+    if dist.enabled:
+        seed_everything(cfg.seed + dist.rank)  # independent dropout noise per process (when train.dropout is on)
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     total_updates = t.steps * a.ppo_epochs * a.num_minibatches
     warmup = int(t.warmup_ratio * total_updates)
@@ -290,20 +368,24 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "kl_controller": kl_ctl, "sampler": sampler}
 
     def trainer_state() -> dict:
+        """Identical on every process except the RNGs, gathered per process under torchrun (a collective)."""
         state = {name: obj.state_dict() for name, obj in stateful.items()}
-        return {**state, "sample_gen": sample_gen.get_state(), "shuffle_gen": shuffle_gen.get_state(), "skips": skips}
+        state = {**state, "sample_gen": sample_gen.get_state(), "shuffle_gen": shuffle_gen.get_state(), "skips": skips}
+        if dist.enabled:
+            state["per_rank"] = dist.all_gather_objects({"sample_gen": sample_gen.get_state(), "rng": rng_state()})
+        return state
 
     start_step = 0
     if resume:
-        start_step = resume_state(run_dir, roles, stateful, sample_gen, shuffle_gen, skips)
-    trackers = Trackers(cfg, run_dir, t.steps, start_step)
-    prompts_per_step = r.batch_size // r.samples_per_prompt
+        start_step = resume_state(run_dir, roles, stateful, sample_gen, shuffle_gen, skips, dist, cfg.seed)
+    trackers = Trackers(cfg, run_dir, t.steps, start_step, main_process=dist.is_main)
+    prompts_per_step = r.batch_size // r.samples_per_prompt  # global; each process takes its share
 
     with StopRequest() as stop:
         for step in range(start_step + 1, t.steps + 1):
             started = time.perf_counter()
             # 1. sample completions for this step's prompts (k contiguous samples per prompt)
-            prompts = [p for p in sampler.next(prompts_per_step) for _ in range(r.samples_per_prompt)]
+            prompts = [p for p in dist.shard(sampler.next(prompts_per_step)) for _ in range(r.samples_per_prompt)]
             rollout, completions = sample_rollout(roles.actor(), tokenizer, prompts, cfg, sample_gen, device)
             generated = time.perf_counter()
             # 2. judge the completions
@@ -315,10 +397,10 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
             scored = time.perf_counter()
             # 4. advantages: GAE over per-token rewards (PPO) or per-sequence baselines (RLOO, GRPO)
             kl_coef = kl_ctl.value
-            rollout, adv_stats = ADVANTAGES[a.name](rollout, cfg, kl_coef)
+            rollout, adv_stats = ADVANTAGES[a.name](rollout, cfg, kl_coef, dist=dist)
             # 5. K epochs × M minibatches of the clipped policy loss (+ clipped value loss for PPO)
             try:
-                update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips)
+                update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist)
             except NonFiniteUpdates as err:
                 trackers.close()
                 last = latest_checkpoint(run_dir)
@@ -327,7 +409,7 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
                     f"last good checkpoint: {last or 'none (set checkpoint.every)'}"
                 ) from None
             finished = time.perf_counter()
-            # 6. metrics, KL controller, checkpoint
+            # 6. metrics (over all processes), KL controller, checkpoint
             mask = rollout.response_mask
             kl_per_seq = masked_sum(kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, dim=1)  # (B,)
             ended = (rollout.response_ids == tokenizer.eos_token_id) & mask
@@ -351,20 +433,28 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
                 "perf/tokens_per_second": mask.sum().item() / (finished - started),
                 **{f"reward/{name}": values.mean().item() for name, values in components.items()},
             }
+            same_everywhere = {"step", "objective/kl_coef", "lr", *update_stats, *adv_stats}
+            metrics = reduce_metrics(metrics, dist, mask.sum().item(), same_everywhere)
             trackers.log(metrics)
-            kl_ctl.update(metrics["objective/kl"], len(rollout))
+            kl_ctl.update(metrics["objective/kl"], len(rollout) * dist.world_size)
+            stop_requested = dist.any(stop.requested)  # every process stops after the same step
             every = cfg.checkpoint.every
-            if (every and step % every == 0 and step < t.steps) or (stop.requested and step < t.steps):
-                path = save_checkpoint(run_dir, step, roles, trainer_state(), cfg.checkpoint.keep)
-            if stop.requested and step < t.steps:
+            if (every and step % every == 0 and step < t.steps) or (stop_requested and step < t.steps):
+                state = trainer_state()
+                if dist.is_main:
+                    path = save_checkpoint(run_dir, step, roles, state, cfg.checkpoint.keep)
+            if stop_requested and step < t.steps:
                 trackers.close()
-                print(
-                    f"stopped after step {step}; checkpoint in {path}. Continue with: "
-                    f"rlhflab train --resume --output-dir {run_dir}",
-                    file=sys.stderr,
-                )
+                if dist.is_main:
+                    print(
+                        f"stopped after step {step}; checkpoint in {path}. Continue with: "
+                        f"rlhflab train --resume --output-dir {run_dir}",
+                        file=sys.stderr,
+                    )
                 raise KeyboardInterrupt
     trackers.close()
+    if not dist.is_main:  # rank 0 alone writes the adapters, evaluates and reports
+        return run_dir
     roles.save(run_dir / "final")
     print(f"training done: adapters in {run_dir / 'final'}; metrics in {run_dir / 'metrics.jsonl'}")
     if cfg.eval.enabled:
@@ -377,8 +467,31 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
     return run_dir
 
 
-def resume_state(run_dir: Path, roles: Roles, stateful: dict, sample_gen, shuffle_gen, skips: dict) -> int:
-    """Restore everything from the newest complete checkpoint; cut metrics.jsonl back to its step."""
+def distributed_note(cfg: Config, dist: Dist) -> str | None:
+    """The config.yaml comment that records a torchrun launch (None for one process)."""
+    if not dist.enabled:
+        return None
+    b, w = cfg.rollout.batch_size, dist.world_size
+    return (
+        f"distributed: torchrun, world_size {w}, backend {dist.backend}\n"
+        f"rollout.batch_size {b} is the global batch: {b // w} completions per process x {w} processes"
+    )
+
+
+def resume_state(
+    run_dir: Path,
+    roles: Roles,
+    stateful: dict,
+    sample_gen,
+    shuffle_gen,
+    skips: dict,
+    dist: Dist = SINGLE,
+    seed: int = 0,
+) -> int:
+    """Restore everything from the newest complete checkpoint; cut metrics.jsonl back to its step.
+
+    Under torchrun every process loads the same checkpoint (the run directory must be reachable from each), then
+    its own token-sampling generator and global RNGs when the checkpoint was written by as many processes."""
     path = latest_checkpoint(run_dir)
     if path is None:
         raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
@@ -389,9 +502,23 @@ def resume_state(run_dir: Path, roles: Roles, stateful: dict, sample_gen, shuffl
     shuffle_gen.set_state(state["shuffle_gen"])
     skips.update(state["skips"])
     step = state["step"]
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        metrics.write_text("".join(line + "\n" for line in kept))
-    print(f"resuming {run_dir} from step {step} ({path.name})")
+    saved_world = len(state.get("per_rank", [None]))
+    if dist.enabled and saved_world == dist.world_size:
+        own = state["per_rank"][dist.rank]
+        sample_gen.set_state(own["sample_gen"])
+        set_rng_state(own["rng"])
+    elif dist.enabled and dist.rank > 0:  # rank 0 keeps the saved stream; the others start fresh ones
+        sample_gen.manual_seed(seed + dist.rank + 1_000_003 * step)
+    if saved_world != dist.world_size and dist.is_main:
+        print(
+            f"note: {path.name} was written by {saved_world} process(es), this run has {dist.world_size}: the run "
+            "continues with the same global batch, but sampling is not an exact replay",
+            file=sys.stderr,
+        )
+    if dist.is_main:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        print(f"resuming {run_dir} from step {step} ({path.name})")
     return step

@@ -39,7 +39,10 @@ REQUIRED_METRICS = [
 
 
 def run_args(model_dir, prompts_file, out, *extra):
-    return train_argv(model_dir, prompts_file, out, "--set", "train.lr=1e-2", "--set", "eval.max_prompts=4", *extra)
+    judge = "eval.judges=[{name: chars, kind: callable, function: 'reward_fns:length_reward'}]"
+    return train_argv(
+        model_dir, prompts_file, out, "--set", "train.lr=1e-2", "--set", "eval.max_prompts=4", "--set", judge, *extra
+    )
 
 
 @pytest.mark.parametrize("extra", [(), ("--set", "model.roles=separate", "--set", "critic.granularity=sequence")])
@@ -76,10 +79,18 @@ def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, e
 
     summary = json.loads((out / "eval" / "summary.json").read_text())
     for side in ("before", "after"):
-        for key in ("score_mean", "positive_share", "distinct_2", "mean_length", "ref_perplexity"):
+        for key in (
+            "score_mean",
+            "positive_share",
+            "distinct_2",
+            "mean_length",
+            "ref_perplexity",
+            "judge/chars_mean",
+            "judge/chars_positive_share",
+        ):
             assert math.isfinite(summary[side][key])
     rows = [json.loads(line) for line in (out / "eval" / "after.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and set(rows[0]) == {"prompt", "completion", "score"}
+    assert len(rows) == 4 and set(rows[0]) == {"prompt", "completion", "score", "judge/chars"}
 
 
 def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):

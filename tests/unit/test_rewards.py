@@ -114,3 +114,27 @@ def test_distilbert_imdb_config_shape(shared_assets, tmp_path):
     judge = ClassifierReward(str(path), "POSITIVE", device="cpu")
     assert judge.index == 1
     torch.testing.assert_close(torch.tensor(judge(TEXTS)), manual_logits(path, TEXTS)[:, 1], atol=1e-5, rtol=0)
+
+
+def test_naive_bayes_second_judge_hand_values(tmp_path):
+    from rlhflab.rewards.bayes import NaiveBayesSentiment
+
+    # positive docs: "good good", "good fun"; negative: "bad", "bad fun". vocab {good, fun, bad}, |V| = 3
+    judge = NaiveBayesSentiment(
+        ["good good", "good fun", "bad", "bad fun"], ["positive", "positive", "negative", "negative"]
+    )
+    # totals: pos 4 words + 3 = 7, neg 3 words + 3 = 6; llr(good) = log(4/7) − log(1/6); prior log(2/2) = 0
+    import math
+
+    assert judge(["good"]) == [pytest.approx(math.log(4 / 7) - math.log(1 / 6))]
+    assert judge(["fun"]) == [pytest.approx(math.log(2 / 7) - math.log(2 / 6))]
+    assert judge(["unseen words"]) == [0.0]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        '{"text": "good", "sentiment": "positive"}\n{"text": "bad", "sentiment": "negative"}\n'
+        '{"text": "bad bad", "sentiment": "positive", "split": "heldout"}\n'
+    )
+    fitted = NaiveBayesSentiment.from_jsonl(corpus)
+    assert fitted(["good"])[0] > 0 > fitted(["bad"])[0]  # the held-out row is not used for fitting
+    with pytest.raises(UserError, match="does not exist"):
+        NaiveBayesSentiment.from_jsonl(tmp_path / "none.jsonl")

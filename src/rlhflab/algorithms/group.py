@@ -14,13 +14,19 @@ import torch
 from rlhflab.algorithms.advantages import group_norm, rloo, token_rewards
 from rlhflab.algorithms.losses import grpo_loss, ppo_policy_loss
 from rlhflab.config import Config
+from rlhflab.distributed import SINGLE, Dist
 from rlhflab.models.roles import Roles
-from rlhflab.ops import masked_whiten
+from rlhflab.ops import masked_mean, masked_whiten
 from rlhflab.rollout import Rollout, response_logprobs
 
 
-def group_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rollout, dict[str, float]]:
-    """(B, 1) advantages, one per completion; rows of a prompt's k samples are contiguous."""
+def group_advantages(
+    rollout: Rollout, cfg: Config, kl_coef: float, dist: Dist = SINGLE
+) -> tuple[Rollout, dict[str, float]]:
+    """(B, 1) advantages, one per completion; rows of a prompt's k samples are contiguous.
+
+    Under data parallelism (``dist``) a prompt's k samples live on one process, so group statistics stay local;
+    the ``batch_mean`` baseline, the whitening and the stats use the global batch."""
     a, k = cfg.algorithm, cfg.rollout.samples_per_prompt
     if a.name == "rloo":
         rewards, _ = token_rewards(
@@ -28,14 +34,25 @@ def group_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rol
         )  # (B, T)
         sequence_reward = rewards.sum(1)  # (B,) = score − β Σ_t k1_t
         advantages = rloo(sequence_reward, k, a.rloo_baseline)
+        if a.rloo_baseline == "batch_mean" and dist.enabled:
+            # the batch is every process's rows: R − mean over the global batch (rloo() saw this process's only)
+            advantages = sequence_reward - masked_mean(sequence_reward, every_row(sequence_reward), reduce_sum=dist.sum)
     else:
         sequence_reward = rollout.scores
         advantages = group_norm(rollout.scores, k, scale=a.group_scale)
     advantages = advantages[:, None]  # (B, 1)
     if a.whiten_advantages:
-        advantages = masked_whiten(advantages, torch.ones_like(advantages, dtype=torch.bool))
-    stats = {"returns/mean": sequence_reward.mean().item()}
+        advantages = masked_whiten(advantages, every_row(advantages), reduce_sum=dist.reduce_sum)
+    if dist.enabled:
+        stats = {"returns/mean": masked_mean(sequence_reward, every_row(sequence_reward), reduce_sum=dist.sum).item()}
+    else:
+        stats = {"returns/mean": sequence_reward.mean().item()}
     return replace(rollout, advantages=advantages), stats
+
+
+def every_row(x: torch.Tensor) -> torch.Tensor:
+    """An all-True mask shaped like ``x``."""
+    return torch.ones_like(x, dtype=torch.bool)
 
 
 def group_micro_step(

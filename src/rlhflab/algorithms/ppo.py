@@ -11,6 +11,7 @@ import torch
 from rlhflab.algorithms.advantages import gae, sequence_advantages, token_rewards
 from rlhflab.algorithms.losses import explained_variance, ppo_policy_loss, value_loss
 from rlhflab.config import Config
+from rlhflab.distributed import SINGLE, Dist
 from rlhflab.models.roles import Roles
 from rlhflab.ops import masked_mean, masked_whiten
 from rlhflab.rollout import Rollout, response_logprobs
@@ -23,9 +24,13 @@ def value_mask(rollout: Rollout, granularity: str) -> torch.Tensor:
     return rollout.response_mask  # (B, T)
 
 
-def ppo_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rollout, dict[str, float]]:
+def ppo_advantages(
+    rollout: Rollout, cfg: Config, kl_coef: float, dist: Dist = SINGLE
+) -> tuple[Rollout, dict[str, float]]:
     """Per-token rewards r_t = −β·k1_t (+ score at the last kept token), then GAE (token critic) or
-    A = R − V with R = Σ_t r_t (sequence critic); advantages are whitened over valid tokens."""
+    A = R − V with R = Σ_t r_t (sequence critic); advantages are whitened over valid tokens.
+
+    Under data parallelism (``dist``) GAE stays per row, while the whitening and the stats use the global batch."""
     a, mask = cfg.algorithm, rollout.response_mask
     rewards, kl = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, mask, kl_coef)  # (B, T)
     if cfg.critic.granularity == "sequence":
@@ -35,11 +40,11 @@ def ppo_advantages(rollout: Rollout, cfg: Config, kl_coef: float) -> tuple[Rollo
         advantages, returns = gae(rewards, rollout.values, mask, a.gamma, a.gae_lambda)  # (B, T)
     vmask = value_mask(rollout, cfg.critic.granularity)
     if a.whiten_advantages:
-        advantages = masked_whiten(advantages, vmask)
+        advantages = masked_whiten(advantages, vmask, reduce_sum=dist.reduce_sum)
     stats = {
-        "val/explained_variance": explained_variance(rollout.values, returns, vmask).item(),
-        "val/mean": masked_mean(rollout.values, vmask).item(),
-        "returns/mean": masked_mean(returns, vmask).item(),
+        "val/explained_variance": explained_variance(*dist.gather_rows(rollout.values, returns, vmask)).item(),
+        "val/mean": masked_mean(rollout.values, vmask, reduce_sum=dist.reduce_sum).item(),
+        "returns/mean": masked_mean(returns, vmask, reduce_sum=dist.reduce_sum).item(),
     }
     return replace(rollout, advantages=advantages, returns=returns), stats
 
@@ -48,7 +53,8 @@ def ppo_micro_step(
     roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int
 ) -> dict[str, torch.Tensor]:
     """Policy loss and value loss of one micro-batch, each backpropagated right away (normalised by the whole
-    minibatch's token / sequence counts, so accumulation equals one big batch). Returns detached stats."""
+    minibatch's token / sequence counts, so accumulation equals one big batch; under data parallelism, the
+    global minibatch's counts and ``max_len``). Returns detached stats."""
     a = cfg.algorithm
     mask = micro.response_mask
     logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
@@ -79,7 +85,7 @@ def ppo_micro_step(
         agg=a.loss_agg,
         num_tokens=value_tokens,
         num_seqs=num_seqs,
-        max_len=vmask.shape[1],
+        max_len=max_len if cfg.critic.granularity == "token" else 1,
     )
     (a.vf_coef * loss_v).backward()
     return {

@@ -64,8 +64,17 @@ def load_callable(spec: str, key: str) -> Callable:
 def build_judge(spec: RewardComponent, trust_remote_code: bool = False) -> Judge:
     """A function (prompts, completions) -> list of floats for one component."""
     key = f"reward.components[{spec.name}]"
-    if spec.kind in ("lexicon", "classifier"):
-        if spec.kind == "lexicon":
+    if spec.kind in ("lexicon", "classifier", "naive_bayes"):
+        if spec.kind == "naive_bayes":
+            from rlhflab.rewards.bayes import NaiveBayesSentiment
+
+            corpus = spec.model
+            if corpus == "demo":
+                from rlhflab.models.tiny import ensure_demo_assets
+
+                corpus = str(ensure_demo_assets().corpus_file)
+            judge_texts = NaiveBayesSentiment.from_jsonl(corpus, f"{key}.model")
+        elif spec.kind == "lexicon":
             from rlhflab.rewards.lexicon import VaderReward
 
             judge_texts = VaderReward()

@@ -1,0 +1,189 @@
+"""`rlhflab compare`: budget arithmetic, the fairness checks, tiny real runs in child processes, resuming, report."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import LENGTH_REWARD
+
+from rlhflab import compare
+from rlhflab.compare import equal_budget_steps, plan_compare, run_child, run_compare, write_compare_report
+from rlhflab.config import build_config
+from rlhflab.errors import UserError
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(model_dir: Path, prompts_file: Path) -> list[str]:
+    return [
+        f"model.name={model_dir}",
+        "model.device=cpu",
+        "data.source=file",
+        f"data.prompts_file={prompts_file}",
+        "rollout.batch_size=8",
+        "rollout.max_new_tokens=4",
+        "train.micro_batch_size=4",
+        "algorithm.ppo_epochs=1",
+        "algorithm.num_minibatches=1",
+        "eval.max_prompts=2",
+        "eval.samples_per_prompt=1",
+        "tracking.progress=false",
+        LENGTH_REWARD,
+    ]
+
+
+def test_equal_budget_steps():
+    assert equal_budget_steps({"demo-ppo": 32, "demo-rloo": 32, "demo-grpo": 32}, 1280) == 40
+    assert equal_budget_steps({"demo-ppo": 32}, 1000) == 31  # whole batches only
+    assert equal_budget_steps({"demo-ppo": 32}, 32) == 1
+    with pytest.raises(UserError, match=r"disagree \(demo-ppo: 32, demo-rloo: 16\)"):
+        equal_budget_steps({"demo-ppo": 32, "demo-rloo": 16}, 1280)
+    with pytest.raises(UserError, match="smaller than one batch"):
+        equal_budget_steps({"demo-ppo": 32}, 31)
+
+
+def test_plan_for_the_demo_family(tmp_path):
+    plan = plan_compare("demo", ["ppo", "rloo", "grpo"], None, 2, tmp_path, [])
+    ppo = build_config(preset="demo-ppo")
+    assert plan.budget == ppo.train.steps * ppo.rollout.batch_size == 1280  # default: the PPO preset's budget
+    assert plan.steps == 40 and plan.batch_size == 32
+    assert plan.seeds == [ppo.seed, ppo.seed + 1]
+    assert [r.name for r in plan.runs] == [f"{a}-seed{i}" for i in (0, 1) for a in ("ppo", "rloo", "grpo")]
+    for run in plan.runs:
+        assert run.preset == f"demo-{run.algo}" and run.config.algorithm.name == run.algo
+        assert run.config.train.steps == 40 and run.config.seed == plan.seeds[run.index]
+        assert run.config.output_dir == str(tmp_path / run.name)
+        # equal budget: the same completions per step, whatever the samples per prompt
+        assert run.config.rollout.batch_size == 32
+    assert plan_compare("demo", ["rloo", "grpo"], 320, 1, tmp_path, []).steps == 10  # PPO's budget still the default
+    assert plan_compare("demo-ppo", ["grpo"], 127, 1, tmp_path, ["rollout.batch_size=64"]).steps == 1
+    assert plan_compare("demo", ["ppo"], None, 1, tmp_path, [], steps=5).budget == 160
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("demo", ["ppo", "dpo"], None, 1), "unknown algorithm 'dpo'"),
+        (("demo", ["ppo", "ppo"], None, 1), "each algorithm once"),
+        (("nope", ["ppo"], None, 1), "no preset 'nope-ppo'; preset families: demo, imdb-pythia-410m"),
+        (("demo", ["ppo"], 16, 1), "--budget 16 is smaller than one batch"),
+        (("demo", ["ppo"], None, 0), "--seeds: must be a positive integer"),
+    ],
+)
+def test_plan_errors(tmp_path, args, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_compare(*args, tmp_path, [])
+
+
+def test_presets_must_agree_on_batch_size_and_judge(tmp_path, monkeypatch):
+    real = compare.build_config
+
+    def skewed(preset=None, overrides=()):
+        extra = {"demo-grpo": ["rollout.batch_size=64"], "demo-rloo": ["eval.max_prompts=8"]}.get(preset, [])
+        return real(preset=preset, overrides=[*overrides, *extra])
+
+    monkeypatch.setattr(compare, "build_config", skewed)
+    with pytest.raises(UserError, match=r"disagree \(demo-ppo: 32, demo-grpo: 64\)"):
+        plan_compare("demo", ["ppo", "grpo"], None, 1, tmp_path, [])
+    with pytest.raises(UserError, match="demo-ppo and demo-rloo differ in eval.max_prompts"):
+        plan_compare("demo", ["ppo", "rloo"], None, 1, tmp_path, [])
+    with pytest.raises(UserError, match="--budget 100 and --steps 2 disagree"):
+        plan_compare("demo", ["ppo"], 100, 1, tmp_path, [], steps=2)
+
+
+def test_run_child_measures_peak_rss_and_exit_code(tmp_path):
+    grab = "b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok')"
+    result = run_child([sys.executable, "-c", grab], tmp_path / "a.log", echo_stderr=False)
+    assert result["returncode"] == 0 and result["wall_s"] > 0
+    assert result["peak_rss_mib"] > 150  # the child's own peak, not ours
+    assert "ok" in (tmp_path / "a.log").read_text()
+    failed = run_child([sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "b.log", echo_stderr=False)
+    assert failed["returncode"] == 3
+
+
+def test_compare_end_to_end_then_resume(tiny_model_dir, prompts_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # the children import tests/reward_fns.py
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny matrices: threads only wait for each other on a busy CPU
+    out = tmp_path / "cmp"
+    overrides = tiny_overrides(tiny_model_dir, prompts_file)
+    path = run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
+
+    assert path == out / "compare.md"
+    state = json.loads((out / "compare.json").read_text())
+    assert state["steps"] == 2 and state["samples_per_run"] == 16
+    for algo in ("ppo", "rloo", "grpo"):
+        run_dir = out / f"{algo}-seed0"
+        assert (run_dir / "final").is_dir() and (run_dir / "eval" / "summary.json").is_file()
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+        cost = state["costs"][f"{algo}-seed0"]
+        assert cost["wall_s"] > 0 and cost["peak_rss_mib"] > 50
+    md = path.read_text()
+    for label in ("PPO", "RLOO", "GRPO", "starting model"):
+        assert sum(line.startswith(f"| {label} |") for line in md.splitlines()) == 1, label
+    for name in ("score_vs_samples", "score_vs_time", "frontier", "kl", "time_per_step", "memory"):
+        png = out / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(plots/{name}.png)" in md
+    page = (out / "compare.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "http://" not in page and "https://" not in page
+    assert all(f"{label}</td>" in page for label in ("PPO", "RLOO", "GRPO"))
+
+    # a second call trains nothing: every run has finished
+    calls = []
+
+    def fake_child(cmd, log_path, echo_stderr=True):
+        calls.append(cmd)
+        return {"returncode": 0, "wall_s": 1.0, "peak_rss_mib": 1.0}
+
+    monkeypatch.setattr(compare, "run_child", fake_child)
+    run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
+    assert calls == []
+    # an unfinished run is retrained from scratch, one missing its evaluation is only evaluated
+    (out / "ppo-seed0" / "final").rename(out / "ppo-seed0" / "final-old")
+    (out / "grpo-seed0" / "eval" / "summary.json").unlink()
+    run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
+    assert [c[3:5] for c in calls] == [["train", "--preset"], ["eval", "--run"]]
+    assert calls[0][-1] == "--overwrite" and calls[1][-1] == str(out / "grpo-seed0")
+    # another budget into the same directory: refused, not silently mixed with the old runs
+    with pytest.raises(UserError, match="holds a run with other settings \\(train.steps: 2, now 3\\)"):
+        run_compare("demo", ["ppo", "rloo", "grpo"], 24, 1, out, overrides, None)
+
+
+def fake_run(out: Path, algo: str, index: int, seed: int, score: float, kl: float, rss: float) -> dict:
+    run_dir = out / f"{algo}-seed{index}"
+    (run_dir / "eval").mkdir(parents=True)
+    rows = [
+        {"step": s, "objective/scores": score * s / 8, "objective/kl": kl * s / 8, "time/step": 0.5, "time/update": 0.3}
+        for s in range(1, 9)
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    side = {"score_mean": 0.0, "positive_share": 0.5, "distinct_2": 0.7, "ref_perplexity": 3.0, "num_samples": 2}
+    after = {**side, "score_mean": score, "positive_share": 0.75}
+    (run_dir / "eval" / "summary.json").write_text(json.dumps({"before": side, "after": after}))
+    for name, value in (("before", 0.0), ("after", score)):
+        lines = [{"prompt": f"prompt {i}", "completion": f"{algo} {name} {i}", "score": value} for i in range(3)]
+        (run_dir / "eval" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return {"algo": algo, "seed": seed, "preset": f"demo-{algo}", "dir": run_dir.name}, {
+        "wall_s": 10.0,
+        "peak_rss_mib": rss,
+        "segments": 1,
+    }
+
+
+def test_report_averages_seeds(tmp_path):
+    runs, costs = {}, {}
+    for algo, scores in (("ppo", (0.2, 0.4)), ("grpo", (0.5, 0.5))):
+        for i, score in enumerate(scores):
+            runs[f"{algo}-seed{i}"], costs[f"{algo}-seed{i}"] = fake_run(tmp_path, algo, i, 42 + i, score, 2.0, 500.0)
+    state = {"family": "demo", "algos": ["ppo", "grpo"], "presets": {"ppo": "demo-ppo", "grpo": "demo-grpo"},
+             "budget": 64, "steps": 8, "batch_size": 8, "samples_per_run": 64, "seeds": [42, 43], "overrides": [],
+             "runs": runs, "costs": costs}  # fmt: skip
+    (tmp_path / "compare.json").write_text(json.dumps(state))
+    md = write_compare_report(tmp_path).read_text()
+    ppo = next(line for line in md.splitlines() if line.startswith("| PPO |"))
+    cells = [c.strip() for c in ppo.strip("|").split("|")]
+    assert cells[1] == f"+0.300 ± {math.sqrt(0.02):.3f}"  # mean ± sample std over the two seeds
+    assert cells[2] == "75%" and cells[3] == "2.00 ± 0.00" and cells[6] == "0.50 s" and cells[7] == "500 MiB"
+    assert "Highest held-out score: GRPO +0.500" in md
+    assert "| prompt 0 | ppo before 0" in md  # starting model, then each algorithm's completion of the prompt
