@@ -156,22 +156,27 @@ def _resume(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from rlhflab.distributed import launched_rank
     from rlhflab.models.tiny import ensure_demo_assets
 
-    print(
-        "rlhflab demo: teach a tiny review-writing model (trained here, offline) to continue movie-review\n"
-        "openings positively, rewarded by the VADER sentiment lexicon, with a KL penalty to the starting model.\n"
-    )
-    ensure_demo_assets()
+    main_process = launched_rank() == 0  # under torchrun, one process talks and builds the assets
+    if main_process:
+        print(
+            "rlhflab demo: teach a tiny review-writing model (trained here, offline) to continue movie-review\n"
+            "openings positively, rewarded by the VADER sentiment lexicon, with a KL penalty to the starting model.\n"
+        )
+        ensure_demo_assets()
     cfg = _config_from_args(args, "demo-ppo")
-    print(
-        f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "
-        f"(run directory: {cfg.output_dir})"
-    )
+    if main_process:
+        print(
+            f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "
+            f"(run directory: {cfg.output_dir})"
+        )
     from rlhflab.train import train
 
     run_dir = train(cfg, overwrite=args.overwrite)
-    print(f"\ndone. Everything is in {run_dir}: config.yaml, metrics.jsonl, final/ (LoRA adapter), eval/.")
+    if main_process:
+        print(f"\ndone. Everything is in {run_dir}: config.yaml, metrics.jsonl, final/ (LoRA adapter), eval/.")
     return 0
 
 

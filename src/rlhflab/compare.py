@@ -386,7 +386,8 @@ def run_compare(
         print(f"{head}: {verb} ...", flush=True)
         log_path = output_dir / "logs" / f"{spec.name}.log"
         result = run_child(child_command(spec, what, plan.overrides), log_path)
-        state["costs"][spec.name] = merge_cost(state["costs"].get(spec.name), result)
+        earlier = state["costs"].get(spec.name) if what in ("resume", "eval") else None  # a restart starts afresh
+        state["costs"][spec.name] = merge_cost(earlier, result)
         write_state(output_dir, state)
         if result.get("interrupted") or result["returncode"] in (130, -2):
             print(f"compare: stopped during {spec.name}; run the same command again to continue", file=sys.stderr)
@@ -648,7 +649,7 @@ def plot_frontier(by_algo, rows: list[AlgoRow], before: dict | None, path: Path)
             label="starting model (held-out)",
         )
     style(ax, "Reward–KL frontier", "KL from the starting model (nats per completion)", "judge score")
-    ax.legend(fontsize=8, frameon=False, loc="best")
+    ax.legend(fontsize=8, frameon=False, loc="best", markerscale=0.7)
     fig.savefig(path, format="png")
 
 
@@ -674,7 +675,7 @@ def plot_time_per_step(by_algo, path: Path) -> None:
     for i, total in enumerate(totals):
         if math.isfinite(total):
             ax.text(i, max(total, bottoms[i]), f"{total:.2f} s", ha="center", va="bottom", fontsize=10)
-    ax.set_ylim(0, max([b for b in bottoms] + [t for t in totals if math.isfinite(t)] + [1e-9]) * 1.18)
+    ax.set_ylim(0, max([b for b in bottoms] + [t for t in totals if math.isfinite(t)] + [1e-9]) * 1.5)  # legend room
     style(ax, "Time per step", "", "seconds per step (mean)")
     ax.grid(False)
     ax.legend(fontsize=8, frameon=False, loc="upper left", ncol=2)
@@ -743,7 +744,8 @@ def write_plots(output_dir: Path, results: list[RunResult], rows, before, batch:
             "memory",
             "Peak memory",
             lambda p: plot_memory(rows, p),
-            "Peak resident set size of each run's process (model, optimizer, activations, Python), mean over seeds.",
+            "Peak resident set size of each run's process (model, optimizer, activations, Python), mean over "
+            "seeds; host memory only: on a GPU, device memory is not in it.",
         ),
     ]
     written = []
@@ -853,13 +855,26 @@ def headline(rows: list[AlgoRow], before: dict | None) -> list[str]:
     if len(sized) > 1:
         small = min(sized, key=lambda r: r.peak_rss_mib)
         big = max(sized, key=lambda r: r.peak_rss_mib)
-        sentences.append(
-            f"Least memory: {LABELS[small.algo]} ({small.peak_rss_mib:,.0f} MiB vs {big.peak_rss_mib:,.0f} MiB for "
-            f"{LABELS[big.algo]})."
-        )
+        if big.peak_rss_mib < 1.05 * small.peak_rss_mib:
+            sentences.append(
+                f"Peak memory about equal ({small.peak_rss_mib:,.0f}–{big.peak_rss_mib:,.0f} MiB): the model, "
+                "libraries and runtime outweigh what each algorithm adds."
+            )
+        else:
+            sentences.append(
+                f"Least memory: {LABELS[small.algo]} ({small.peak_rss_mib:,.0f} MiB vs {big.peak_rss_mib:,.0f} MiB "
+                f"for {LABELS[big.algo]})."
+            )
+    if before and math.isfinite(before["distinct_2"]):
+        for r in rows:
+            if math.isfinite(r.distinct_2) and r.distinct_2 < 0.7 * before["distinct_2"]:
+                sentences.append(
+                    f"{LABELS[r.algo]}'s completions lost much of their variety (distinct-2 {r.distinct_2:.2f}, "
+                    f"starting model {before['distinct_2']:.2f}): look at its completions below."
+                )
     seeds = max(r.seeds for r in rows)
     if seeds < 2:
-        sentences.append("One seed only: differences of a few hundredths are within run-to-run noise.")
+        sentences.append("One seed only: run with --seeds 3 or more to see the spread between runs.")
     return sentences
 
 

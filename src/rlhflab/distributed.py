@@ -95,7 +95,9 @@ class Dist:
                 f"rollout.batch_size / processes = {local} must be divisible by rollout.samples_per_prompt "
                 f"({samples_per_prompt}): a prompt's samples stay on one process"
             )
-        if local % num_minibatches or (local // num_minibatches) % micro_batch_size:
+        minibatch = local // num_minibatches
+        # a micro-batch larger than the minibatch is a memory limit that is not reached: one micro-batch
+        if local % num_minibatches or (minibatch > micro_batch_size and minibatch % micro_batch_size):
             raise UserError(
                 f"rollout.batch_size / processes = {local} must split into algorithm.num_minibatches "
                 f"({num_minibatches}) minibatches of whole train.micro_batch_size ({micro_batch_size}) chunks"

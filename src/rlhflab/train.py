@@ -338,10 +338,13 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
 def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     a, r, t = cfg.algorithm, cfg.rollout, cfg.train
     dist.check_batch(r.batch_size, r.samples_per_prompt, a.num_minibatches, t.micro_batch_size)
+    if dist.enabled:  # a default output dir names the time: take rank 0's, which may be a second apart
+        cfg.output_dir = dist.all_gather_objects(cfg.output_dir)[0]
     run_dir = Path(cfg.output_dir) if resume else check_run_dir(cfg, overwrite)
     seed_everything(cfg.seed)  # the same on every process: identical LoRA initialisation
-    with dist.main_process_first():  # rank 0 builds the demo assets (first use); the others then find them
-        resolve_sources(cfg)
+    if dist.enabled:
+        with dist.main_process_first():  # rank 0 builds the demo assets (first use); the others then find them
+            resolve_sources(cfg)
     setup = load_setup(cfg, dist=dist)  # a bad model, prompts file or judge stops here, before the run dir is touched
     if not resume and dist.is_main:
         prepare_run_dir(cfg, overwrite, note=distributed_note(cfg, dist))

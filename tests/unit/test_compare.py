@@ -142,9 +142,13 @@ def test_compare_end_to_end_then_resume(tiny_model_dir, prompts_file, tmp_path, 
     # an unfinished run is retrained from scratch, one missing its evaluation is only evaluated
     (out / "ppo-seed0" / "final").rename(out / "ppo-seed0" / "final-old")
     (out / "grpo-seed0" / "eval" / "summary.json").unlink()
+    grpo_wall = json.loads((out / "compare.json").read_text())["costs"]["grpo-seed0"]["wall_s"]
     run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
     assert [c[3:5] for c in calls] == [["train", "--preset"], ["eval", "--run"]]
     assert calls[0][-1] == "--overwrite" and calls[1][-1] == str(out / "grpo-seed0")
+    costs = json.loads((out / "compare.json").read_text())["costs"]
+    assert costs["ppo-seed0"] == {"wall_s": 1.0, "peak_rss_mib": 1.0, "segments": 1}  # retrained: old cost dropped
+    assert costs["grpo-seed0"]["wall_s"] == grpo_wall + 1.0 and costs["grpo-seed0"]["segments"] == 2  # added up
     # another budget into the same directory: refused, not silently mixed with the old runs
     with pytest.raises(UserError, match="holds a run with other settings \\(train.steps: 2, now 3\\)"):
         run_compare("demo", ["ppo", "rloo", "grpo"], 24, 1, out, overrides, None)
