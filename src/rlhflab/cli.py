@@ -82,8 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write a run's report.md, report.html and plots")
     p.add_argument("--run", required=True, help="a run directory written by `rlhflab train`")
 
-    p = sub.add_parser("compare", help="PPO vs RLOO vs GRPO at an equal sample budget (not yet available)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser(
+        "compare",
+        help="PPO vs RLOO vs GRPO at an equal sample budget, with a report",
+        description="Train each algorithm of a preset family (e.g. demo → demo-ppo, demo-rloo, "
+        "demo-grpo) on the same number of sampled completions; write compare.md / compare.html.",
+    )
+    p.add_argument("--preset", default="demo", help="preset family, e.g. demo or imdb-pythia-410m (default demo)")
+    p.add_argument("--algos", default="ppo,rloo,grpo", help="comma-separated algorithms (default ppo,rloo,grpo)")
+    p.add_argument("--budget", type=int, help="sampled completions per run (default: the PPO preset's)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per algorithm (mean ± std in the report)")
+    p.add_argument("--steps", type=int, help="steps per run instead of a budget")
+    p.add_argument("--output-dir", default="runs/compare", help="where the runs and the report go")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run (repeatable)",
+    )
     p = sub.add_parser("bench", help="speed and memory benchmark of the role layouts (not yet available)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -207,6 +225,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from rlhflab.compare import run_compare
+
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    run_compare(args.preset, algos, args.budget, args.seeds, Path(args.output_dir), args.overrides, args.steps)
+    return 0
+
+
 def cmd_push(args) -> int:
     from rlhflab.modelcard import push
 
@@ -229,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         "sft": cmd_sft,
         "eval": cmd_eval,
         "push": cmd_push,
+        "compare": cmd_compare,
         "report": cmd_report,
     }
     try:
-        if args.command in ("compare", "bench"):
-            issue = {"compare": "#5 (RLOO, GRPO and compare)", "bench": "#9 (performance benchmark)"}[args.command]
+        if args.command == "bench":
+            issue = "#9 (performance benchmark)"
             raise UserError(f"`rlhflab {args.command}` is not available yet: it arrives with issue {issue}")
         return handlers[args.command](args)
     except UserError as err:
