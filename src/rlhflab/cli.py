@@ -247,6 +247,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def torch_oom() -> type[BaseException]:
+    """torch's CUDA out-of-memory error (CPU runs out of memory differently: the OS ends the process)."""
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", getattr(torch.cuda, "OutOfMemoryError", MemoryError))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
@@ -265,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except UserError as err:
         print(f"rlhflab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except torch_oom() as err:
+        print(
+            f"rlhflab {args.command}: error: out of memory ({str(err).splitlines()[0][:120]}). Lower "
+            "train.micro_batch_size (forward/backward rows), rollout.batch_size (rows generated at once) or "
+            "rollout.max_new_tokens, or use model.dtype=bf16",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)

@@ -72,3 +72,16 @@ def test_existing_run_is_never_harmed(base_args, tmp_path, capsys):
     assert main(base_args(out=out)) == 2
     one_line_error(capsys, "already holds a run; pass --overwrite")
     assert (out / "config.yaml").read_text() == "seed: 7\n" and (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_out_of_memory_names_the_knobs(monkeypatch, capsys):
+    import torch
+
+    import rlhflab.cli as cli
+
+    def boom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "cmd_train", boom)
+    assert cli.main(["train", "--preset", "demo-ppo"]) == 2
+    one_line_error(capsys, "Lower train.micro_batch_size")
