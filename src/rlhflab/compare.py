@@ -828,8 +828,21 @@ def final_table(rows: list[AlgoRow], before: dict | None) -> list[list[str]]:
     return out
 
 
-def headline(rows: list[AlgoRow], before: dict | None) -> list[str]:
+def disturbed_timings(results: list[RunResult], ratio: float = 2.5) -> dict[str, tuple[float, float, float]]:
+    """{algo: (fastest, median, slowest) step time} for algorithms with a run whose median step took more than
+    ``ratio`` × its fastest (the first step, with its warm-up, left out): other load on the machine, not the
+    algorithm. On a quiet machine the ratio stays below 1.5."""
+    out = {}
+    for r in results:
+        times = sorted(v for v in r.series("time/step")[1:] if math.isfinite(v))
+        if len(times) >= 4 and times[len(times) // 2] > ratio * times[0]:
+            out.setdefault(r.algo, (times[0], times[len(times) // 2], times[-1]))
+    return out
+
+
+def headline(rows: list[AlgoRow], before: dict | None, noisy: dict | None = None) -> list[str]:
     """Sentences that answer the question: who reached which score, at what KL, time and memory."""
+    noisy = noisy or {}
     ranked = sorted((r for r in rows if math.isfinite(r.score[0])), key=lambda r: -r.score[0])
     if not ranked:
         return ["No run has been evaluated yet."]
@@ -843,7 +856,7 @@ def headline(rows: list[AlgoRow], before: dict | None) -> list[str]:
             f"{fmt(r.peak_rss_mib, '{:,.0f}')} MiB peak"
         )
     sentences = ["; ".join(parts) + start + "."]
-    timed = [r for r in rows if math.isfinite(r.time_per_step)]
+    timed = [r for r in rows if math.isfinite(r.time_per_step) and r.algo not in noisy]
     sized = [r for r in rows if r.peak_rss_mib and math.isfinite(r.peak_rss_mib)]
     if len(timed) > 1:
         fast = min(timed, key=lambda r: r.time_per_step)
@@ -872,6 +885,12 @@ def headline(rows: list[AlgoRow], before: dict | None) -> list[str]:
                     f"{LABELS[r.algo]}'s completions lost much of their variety (distinct-2 {r.distinct_2:.2f}, "
                     f"starting model {before['distinct_2']:.2f}): look at its completions below."
                 )
+    for algo, (fastest, median, slowest) in noisy.items():
+        sentences.append(
+            f"{LABELS[algo]}'s step times ranged from {fastest:.2f} s to {slowest:.2f} s (median {median:.2f} s): "
+            "the machine was busy with other work, so its times are not comparable (delete its run directory and "
+            "run the same command on a quiet machine)."
+        )
     seeds = max(r.seeds for r in rows)
     if seeds < 2:
         sentences.append("One seed only: run with --seeds 3 or more to see the spread between runs.")
@@ -968,7 +987,7 @@ def render_markdown(state, results, rows, before, plots, samples) -> str:
 
     title = f"{' vs '.join(LABELS[a] for a in state['algos'])} at an equal budget ({state['family']})"
     out = [f"# {title}", "", describe_setup(state, results), "", "## Result", ""]
-    out += [" ".join(headline(rows, before)), ""]
+    out += [" ".join(headline(rows, before, disturbed_timings(results))), ""]
     out += md_table(TABLE_HEADER, final_table(rows, before)) + [""]
     out += [TABLE_NOTE, ""]
     out += ["## Plots", ""]
@@ -1062,7 +1081,7 @@ def render_html(state, results, rows, before, plots, samples) -> str:
         f"<h1>{e(title)}</h1>",
         f'<p class="summary">{e(describe_setup(state, results))}</p>',
         "<h2>Result</h2>",
-        f'<p class="headline">{e(" ".join(headline(rows, before)))}</p>',
+        f'<p class="headline">{e(" ".join(headline(rows, before, disturbed_timings(results))))}</p>',
         '<table class="numbers"><tr>' + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>",
     ]
     table = final_table(rows, before)

@@ -9,7 +9,15 @@ import pytest
 from conftest import LENGTH_REWARD
 
 from rlhflab import compare
-from rlhflab.compare import equal_budget_steps, plan_compare, run_child, run_compare, write_compare_report
+from rlhflab.compare import (
+    RunResult,
+    disturbed_timings,
+    equal_budget_steps,
+    plan_compare,
+    run_child,
+    run_compare,
+    write_compare_report,
+)
 from rlhflab.config import build_config
 from rlhflab.errors import UserError
 
@@ -108,15 +116,15 @@ def test_compare_end_to_end_then_resume(tiny_model_dir, prompts_file, tmp_path, 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny matrices: threads only wait for each other on a busy CPU
     out = tmp_path / "cmp"
     overrides = tiny_overrides(tiny_model_dir, prompts_file)
-    path = run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
+    path = run_compare("demo", ["ppo", "rloo", "grpo"], 8, 1, out, overrides, None)
 
     assert path == out / "compare.md"
     state = json.loads((out / "compare.json").read_text())
-    assert state["steps"] == 2 and state["samples_per_run"] == 16
+    assert state["steps"] == 1 and state["samples_per_run"] == 8
     for algo in ("ppo", "rloo", "grpo"):
         run_dir = out / f"{algo}-seed0"
         assert (run_dir / "final").is_dir() and (run_dir / "eval" / "summary.json").is_file()
-        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
         cost = state["costs"][f"{algo}-seed0"]
         assert cost["wall_s"] > 0 and cost["peak_rss_mib"] > 50
     md = path.read_text()
@@ -137,21 +145,21 @@ def test_compare_end_to_end_then_resume(tiny_model_dir, prompts_file, tmp_path, 
         return {"returncode": 0, "wall_s": 1.0, "peak_rss_mib": 1.0}
 
     monkeypatch.setattr(compare, "run_child", fake_child)
-    run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
+    run_compare("demo", ["ppo", "rloo", "grpo"], 8, 1, out, overrides, None)
     assert calls == []
     # an unfinished run is retrained from scratch, one missing its evaluation is only evaluated
     (out / "ppo-seed0" / "final").rename(out / "ppo-seed0" / "final-old")
     (out / "grpo-seed0" / "eval" / "summary.json").unlink()
     grpo_wall = json.loads((out / "compare.json").read_text())["costs"]["grpo-seed0"]["wall_s"]
-    run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
+    run_compare("demo", ["ppo", "rloo", "grpo"], 8, 1, out, overrides, None)
     assert [c[3:5] for c in calls] == [["train", "--preset"], ["eval", "--run"]]
     assert calls[0][-1] == "--overwrite" and calls[1][-1] == str(out / "grpo-seed0")
     costs = json.loads((out / "compare.json").read_text())["costs"]
     assert costs["ppo-seed0"] == {"wall_s": 1.0, "peak_rss_mib": 1.0, "segments": 1}  # retrained: old cost dropped
     assert costs["grpo-seed0"]["wall_s"] == grpo_wall + 1.0 and costs["grpo-seed0"]["segments"] == 2  # added up
     # another budget into the same directory: refused, not silently mixed with the old runs
-    with pytest.raises(UserError, match="holds a run with other settings \\(train.steps: 2, now 3\\)"):
-        run_compare("demo", ["ppo", "rloo", "grpo"], 24, 1, out, overrides, None)
+    with pytest.raises(UserError, match="holds a run with other settings \\(train.steps: 1, now 2\\)"):
+        run_compare("demo", ["ppo", "rloo", "grpo"], 16, 1, out, overrides, None)
 
 
 def fake_run(out: Path, algo: str, index: int, seed: int, score: float, kl: float, rss: float) -> dict:
@@ -191,3 +199,13 @@ def test_report_averages_seeds(tmp_path):
     assert cells[2] == "75%" and cells[3] == "2.00 ± 0.00" and cells[6] == "0.50 s" and cells[7] == "500 MiB"
     assert "Highest held-out score: GRPO +0.500" in md
     assert "| prompt 0 | ppo before 0" in md  # starting model, then each algorithm's completion of the prompt
+    assert "step times ranged" not in md  # steady step times: no warning about a busy machine
+
+
+def test_busy_machine_is_flagged():
+    def run(algo, times):
+        return RunResult(f"{algo}-seed0", algo, 42, Path("."), [{"time/step": t} for t in times], None, {})
+
+    quiet = run("rloo", [3.0, 1.1, 1.0, 1.3, 1.2, 1.1])  # first step: warm-up, left out
+    busy = run("ppo", [3.0, 1.4, 30.0, 31.0, 96.0, 25.0])
+    assert disturbed_timings([quiet, busy]) == {"ppo": (1.4, 30.0, 96.0)}
