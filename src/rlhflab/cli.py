@@ -10,18 +10,15 @@ from pathlib import Path
 from rlhflab.errors import UserError
 
 
+def _add_set_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<date>-<time>)")
     p.add_argument("--steps", type=int, help="optimisation steps (overrides train.steps)")
     p.add_argument("--seed", type=int, help="the one seed for data order, sampling and initialisation")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    _add_set_option(p, "override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
 
 
@@ -94,14 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per algorithm (mean ± std in the report)")
     p.add_argument("--steps", type=int, help="steps per run instead of a budget")
     p.add_argument("--output-dir", default="runs/compare", help="where the runs and the report go")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value in every run (repeatable)",
-    )
+    _add_set_option(p, "override a config value in every run (repeatable)")
     p = sub.add_parser("bench", help="speed and memory benchmark of the role layouts (not yet available)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
