@@ -7,6 +7,7 @@ V = vocabulary. Masks are bool, True = real token. Every forward pass gets expli
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -106,12 +107,12 @@ def generate(
     batch = prompt_ids.shape[0]
     attention = prompt_mask.long()  # (B, P) grows by one column per step
     positions = position_ids(prompt_mask)
-    cache = DynamicCache()
+    cache = {_cache_keyword(model): DynamicCache()}  # filled in place by every pass
     out = model(
         input_ids=prompt_ids,
         attention_mask=attention,
         position_ids=positions,
-        past_key_values=cache,
+        **cache,
         use_cache=True,
         logits_to_keep=1,
     )
@@ -134,11 +135,17 @@ def generate(
             input_ids=token[:, None],
             attention_mask=attention,
             position_ids=next_position,
-            past_key_values=out.past_key_values,
+            **cache,
             use_cache=True,
         )
         next_position = next_position + 1
     return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def forward_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
