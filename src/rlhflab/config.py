@@ -216,6 +216,10 @@ class TrackingConfig:
     """W&B project name."""
     run_name: str | None = None
     """Run name for trackers; defaults to the run directory's name."""
+    samples_every: int = 10
+    """Steps between sample tables (prompt, completion, score) in samples.jsonl, W&B and TensorBoard (0 = never)."""
+    samples_count: int = 8
+    """Rows per sample table (the first completions of the step's batch)."""
 
 
 @dataclass
@@ -488,6 +492,9 @@ def validate(cfg: Config) -> None:
         "data.prompts_file: required when data.source is 'file'",
     )
     need(cfg.checkpoint.every >= 0, f"checkpoint.every: must be >= 0, got {cfg.checkpoint.every}")
+    tr = cfg.tracking
+    need(tr.samples_every >= 0, f"tracking.samples_every: must be >= 0 (0 = never), got {tr.samples_every}")
+    need(tr.samples_count > 0, f"tracking.samples_count: must be a positive integer, got {tr.samples_count}")
 
 
 def describe_fields(cls: type = Config, prefix: str = "") -> list[str]:

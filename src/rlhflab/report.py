@@ -393,6 +393,14 @@ def sample_rows(before: list[dict], after: list[dict]) -> list[tuple[str, str, f
 # markdown
 
 
+def training_samples(rows: list[dict], per_step: int = 4) -> list[dict]:
+    """From samples.jsonl: the first ``per_step`` rows of the first and of the last sampled step (reward hacking
+    shows here first: compare the texts, not just the scores)."""
+    steps = sorted({row["step"] for row in rows})
+    chosen = steps[:1] + steps[-1:] if len(steps) > 1 else steps
+    return [row for step in chosen for row in [r for r in rows if r["step"] == step][:per_step]]
+
+
 def md_cell(text: str) -> str:
     """Text safe inside a Markdown table cell: one line, no table pipes, no HTML or emphasis markup."""
     text = " ".join(text.split()) or "(empty)"
@@ -411,7 +419,7 @@ def format_score(score: float | None) -> str:
     return "" if score is None or not math.isfinite(score) else f"{score:+.2f}"
 
 
-def render_markdown(run_dir, cfg, metrics, summary, samples, plots) -> str:
+def render_markdown(run_dir, cfg, metrics, summary, samples, plots, during=()) -> str:
     threshold = section(cfg, "eval").get("positive_threshold", 0.05)
     out = [f"# RLHF run report: {run_dir.name}", "", "## What was trained", "", describe_run(cfg, metrics, run_dir), ""]
     out += ["## Before and after training", ""]
@@ -430,6 +438,12 @@ def render_markdown(run_dir, cfg, metrics, summary, samples, plots) -> str:
             rows.append([md_cell(prompt) if prompt != previous else "", label, format_score(score), md_cell(text)])
             previous = prompt
         out += md_table(["prompt", "model", "score", "continuation"], rows) + [""]
+    if during:
+        out += ["## Samples during training", ""]
+        rows = [
+            [str(r["step"]), md_cell(r["prompt"]), format_score(r["score"]), md_cell(r["completion"])] for r in during
+        ]
+        out += md_table(["step", "prompt", "score", "completion"], rows) + [""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -471,7 +485,7 @@ def inline_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def render_html(run_dir, cfg, metrics, summary, samples, plots) -> str:
+def render_html(run_dir, cfg, metrics, summary, samples, plots, during=()) -> str:
     e = html.escape
     threshold = section(cfg, "eval").get("positive_threshold", 0.05)
     out = [
@@ -522,6 +536,15 @@ def render_html(run_dir, cfg, metrics, summary, samples, plots) -> str:
                 f"<td>{e(a_text) or '<em>(empty)</em>'}</td></tr>"
             )
         out.append("</table>")
+    if during:
+        out.append("<h2>Samples during training</h2>")
+        out.append('<table class="samples"><tr><th>step</th><th>prompt</th><th>score</th><th>completion</th></tr>')
+        out += [
+            f'<tr><td class="model">{row["step"]}</td><td class="prompt">{e(row["prompt"])}</td>'
+            f"{score_cell(row['score'])}<td>{e(row['completion']) or '<em>(empty)</em>'}</td></tr>"
+            for row in during
+        ]
+        out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -547,10 +570,11 @@ def write_report(run_dir: Path) -> Path:
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     summary = read_summary(run_dir)
     samples = sample_rows(read_jsonl(run_dir / "eval" / "before.jsonl"), read_jsonl(run_dir / "eval" / "after.jsonl"))
+    during = training_samples(read_jsonl(run_dir / "samples.jsonl"))
     plots = write_plots(run_dir, metrics)
-    (run_dir / "report.html").write_text(render_html(run_dir, cfg, metrics, summary, samples, plots))
+    (run_dir / "report.html").write_text(render_html(run_dir, cfg, metrics, summary, samples, plots, during))
     path = run_dir / "report.md"
-    path.write_text(render_markdown(run_dir, cfg, metrics, summary, samples, plots))
+    path.write_text(render_markdown(run_dir, cfg, metrics, summary, samples, plots, during))
     return path
 
 

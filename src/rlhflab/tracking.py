@@ -1,4 +1,8 @@
-"""Metric sinks behind one small protocol: JSONL (always), a console progress bar, W&B and TensorBoard."""
+"""Metric sinks behind one small protocol: JSONL (always), a console progress bar, W&B and TensorBoard.
+
+Besides scalars, every ``tracking.samples_every`` steps a sample table (step, prompt, completion, score) goes to
+each sink that can show one: samples.jsonl, a W&B Table, TensorBoard text.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,24 @@ from tqdm.auto import tqdm
 
 from rlhflab.config import Config, to_dict
 
+SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
+
 
 class Sink(Protocol):
     def log(self, metrics: dict[str, float]) -> None: ...
     def close(self) -> None: ...
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows as a Markdown table (TensorBoard's text tab renders Markdown); pipes and newlines escaped."""
+
+    def cell(value) -> str:
+        text = f"{value:+.3f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(SAMPLE_COLUMNS) + " |", "|" + "---|" * len(SAMPLE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in SAMPLE_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 class JsonlSink:
@@ -26,6 +44,24 @@ class JsonlSink:
     def log(self, metrics: dict[str, float]) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
         self.file.write(json.dumps(clean) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class SamplesJsonlSink:
+    """samples.jsonl: one JSON object per sampled row (step, prompt, completion, score)."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("a")
+
+    def log(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        for row in rows:
+            self.file.write(json.dumps({c: row[c] for c in SAMPLE_COLUMNS}) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -65,6 +101,12 @@ class WandbSink:
     def log(self, metrics: dict[str, float]) -> None:
         self.run.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        import wandb
+
+        table = wandb.Table(columns=list(SAMPLE_COLUMNS), data=[[row[c] for c in SAMPLE_COLUMNS] for row in rows])
+        self.run.log({"samples": table}, step=step)
+
     def close(self) -> None:
         self.run.finish()
 
@@ -81,6 +123,10 @@ class TensorBoardSink:
                 self.writer.add_scalar(key, value, int(metrics["step"]))
         self.writer.flush()
 
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        self.writer.add_text("samples", markdown_table(rows), step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -93,6 +139,7 @@ class Trackers:
         if not main_process:
             return
         self.sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
+        self.sinks.append(SamplesJsonlSink(run_dir / "samples.jsonl"))
         self.sinks.append(ProgressSink(total_steps, start_step, cfg.tracking.progress))
         if cfg.tracking.wandb:
             self.sinks.append(WandbSink(cfg, run_dir))
@@ -102,6 +149,12 @@ class Trackers:
     def log(self, metrics: dict[str, float]) -> None:
         for sink in self.sinks:
             sink.log(metrics)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """A table of sampled rows (dicts with the SAMPLE_COLUMNS keys) to every sink that shows tables."""
+        for sink in self.sinks:
+            if hasattr(sink, "log_samples"):
+                sink.log_samples(step, rows)
 
     def close(self) -> None:
         for sink in self.sinks:

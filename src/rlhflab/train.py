@@ -439,6 +439,10 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             same_everywhere = {"step", "objective/kl_coef", "lr", *update_stats, *adv_stats}
             metrics = reduce_metrics(metrics, dist, mask.sum().item(), same_everywhere)
             trackers.log(metrics)
+            if samples_due(step, cfg.tracking.samples_every, t.steps):  # rank 0's share under torchrun
+                n = cfg.tracking.samples_count
+                rows = zip(prompts[:n], completions[:n], scores[:n].tolist())
+                trackers.log_samples(step, [dict(step=step, prompt=p, completion=c, score=s) for p, c, s in rows])
             kl_ctl.update(metrics["objective/kl"], len(rollout) * dist.world_size)
             stop_requested = dist.any(stop.requested)  # every process stops after the same step
             every = cfg.checkpoint.every
@@ -470,6 +474,11 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     return run_dir
 
 
+def samples_due(step: int, every: int, last_step: int) -> bool:
+    """A sample table at the first step, every ``every`` steps and the last step (never when every = 0)."""
+    return every > 0 and (step == 1 or step % every == 0 or step == last_step)
+
+
 def distributed_note(cfg: Config, dist: Dist) -> str | None:
     """The config.yaml comment that records a torchrun launch (None for one process)."""
     if not dist.enabled:
@@ -491,7 +500,7 @@ def resume_state(
     dist: Dist = SINGLE,
     seed: int = 0,
 ) -> int:
-    """Restore everything from the newest complete checkpoint; cut metrics.jsonl back to its step.
+    """Restore everything from the newest complete checkpoint; cut metrics.jsonl and samples.jsonl back to its step.
 
     Under torchrun every process loads the same checkpoint (the run directory must be reachable from each), then
     its own token-sampling generator and global RNGs when the checkpoint was written by as many processes."""
@@ -519,9 +528,9 @@ def resume_state(
             file=sys.stderr,
         )
     if dist.is_main:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        for log in (run_dir / "metrics.jsonl", run_dir / "samples.jsonl"):
+            if log.exists():
+                kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+                log.write_text("".join(line + "\n" for line in kept))
         print(f"resuming {run_dir} from step {step} ({path.name})")
     return step

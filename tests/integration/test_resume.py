@@ -26,6 +26,7 @@ def args_for(model_dir, prompts_file, out, steps=4):
         "checkpoint.every=1",
         "checkpoint.keep=10",
         "eval.enabled=false",
+        "tracking.samples_every=1",
     ]
     return train_argv(
         model_dir,
@@ -70,6 +71,7 @@ def test_sigkill_then_resume_is_exact(tiny_model_dir, prompts_file, tmp_path):
 
     assert main(["train", "--resume", "--output-dir", str(killed)]) == 0
     assert metrics(killed) == metrics(full)
+    assert (killed / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()  # same completions
     a, b = weights(full), weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -92,6 +92,13 @@ def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, e
     rows = [json.loads(line) for line in (out / "eval" / "after.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and set(rows[0]) == {"prompt", "completion", "score", "judge/chars"}
 
+    # sample tables at the first and the last step (tracking.samples_every = 10 > 2 steps), shown in the report
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    batch = resolved["rollout"]["batch_size"]
+    assert [row["step"] for row in samples] == [1] * min(8, batch) + [2] * min(8, batch)
+    assert all(set(row) == {"step", "prompt", "completion", "score"} for row in samples)
+    assert "## Samples during training" in (out / "report.md").read_text()
+
 
 def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
     """Train 2 steps in-process and compare every base weight before/after (the LoRA ones must move)."""

@@ -232,3 +232,22 @@ def test_report_says_when_eval_prompts_were_training_prompts(tmp_path):
     (run_dir / "config.yaml").write_text(text)
     write_report(run_dir)
     assert "the first training prompts (no held-out prompts were configured" in (run_dir / "report.md").read_text()
+
+
+def test_report_shows_samples_of_the_first_and_last_sampled_step(tmp_path):
+    run_dir = make_run_dir(tmp_path)
+    rows = [
+        {"step": step, "prompt": f"prompt {step}.{i}", "completion": f"text <b>{step}.{i}</b>", "score": step / 100}
+        for step in (1, 10, 20)
+        for i in range(6)
+    ]
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.training_samples(rows) == rows[:4] + rows[12:16]
+
+    md = write_report(run_dir).read_text()
+    assert "## Samples during training" in md
+    assert "| 1 | prompt 1.0 | +0.01 | text &lt;b&gt;1.0&lt;/b&gt; |" in md
+    assert "| 20 | prompt 20.3 | +0.20 |" in md
+    assert "prompt 10.0" not in md and "prompt 20.4" not in md
+    text = "".join(parse(run_dir / "report.html").text)
+    assert "Samples during training" in text and "text <b>20.3</b>" in text and "prompt 10.0" not in text

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from rlhflab.config import build_config
-from rlhflab.tracking import JsonlSink, TensorBoardSink, Trackers, WandbSink
+from rlhflab.tracking import JsonlSink, TensorBoardSink, Trackers, WandbSink, markdown_table
 
 STEPS = [
     {"step": 1, "objective/scores": 0.1, "objective/kl": 0.0, "gen/length": 20.0},
@@ -33,7 +33,9 @@ def test_tensorboard_sink_writes_event_file(tmp_path):
     assert len(events) == 1 and events[0].stat().st_size > 0
 
 
-def test_wandb_sink_offline_writes_run(tmp_path, monkeypatch):
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B in offline mode, every file it writes under tmp_path, no login, no git, no console capture."""
     wandb = pytest.importorskip("wandb")
     for key, value in {
         "WANDB_MODE": "offline",
@@ -46,6 +48,11 @@ def test_wandb_sink_offline_writes_run(tmp_path, monkeypatch):
         "WANDB_CONSOLE": "off",
     }.items():
         monkeypatch.setenv(key, value)
+    yield wandb
+    wandb.teardown()
+
+
+def test_wandb_sink_offline_writes_run(tmp_path, wandb_offline):
     cfg = build_config(preset="demo-ppo")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -55,7 +62,6 @@ def test_wandb_sink_offline_writes_run(tmp_path, monkeypatch):
             sink.log(metrics)
     finally:
         sink.close()
-        wandb.teardown()
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))
@@ -70,3 +76,42 @@ def test_trackers_fan_out_to_configured_sinks(tmp_path):
     trackers.close()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))
+
+
+ROWS = [
+    {"step": 10, "prompt": "The movie was", "completion": "great | fun\nfilm", "score": 0.75},
+    {"step": 10, "prompt": "I hated it", "completion": "", "score": -0.5},
+]
+
+
+def test_markdown_table_escapes_pipes_and_newlines():
+    assert markdown_table(ROWS).splitlines() == [
+        "| step | prompt | completion | score |",
+        "|---|---|---|---|",
+        "| 10 | The movie was | great \\| fun film | +0.750 |",
+        "| 10 | I hated it |  | -0.500 |",
+    ]
+
+
+def test_sample_tables_reach_jsonl_tensorboard_and_wandb(tmp_path, wandb_offline):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = ["tracking.progress=false", "tracking.tensorboard=true", "tracking.wandb=true"]
+    cfg = build_config(preset="demo-ppo", overrides=overrides)
+    trackers = Trackers(cfg, tmp_path, total_steps=10)
+    try:
+        trackers.log({**STEPS[0], "step": 10})
+        trackers.log_samples(10, ROWS)
+    finally:
+        trackers.close()
+    assert [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == ROWS
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    (text_event,) = events.Tensors("samples/text_summary")
+    assert text_event.step == 10
+    assert text_event.tensor_proto.string_val[0].decode() == markdown_table(ROWS)
+    (table_file,) = (tmp_path / "wandb").glob("offline-run-*/files/media/table/samples_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["step", "prompt", "completion", "score"]
+    assert table["data"] == [[10, "The movie was", "great | fun\nfilm", 0.75], [10, "I hated it", "", -0.5]]
