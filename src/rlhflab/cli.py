@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 from rlhflab.errors import UserError
+
+# peft 0.21 reads a deprecated attribute of transformers >= 5.24 models on every adapter: noise for our users
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _add_set_option(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -42,14 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
         "sft",
         help="supervised fine-tuning (the demo model by default)",
         description="Without arguments: build (or reuse) the demo model, whose last stage is SFT "
-        "on the synthetic review corpus. With --model and --data: fine-tune that model on a "
-        "text/JSONL file.",
+        "on the synthetic review corpus. With --preset (e.g. imdb-pythia-410m-sft): that recipe, any key "
+        "changed with --set. With --model and --data: fine-tune that model on a text/JSONL file.",
     )
+    p.add_argument("--preset", help="an SFT preset (see --list-presets); --model/--data/--output-dir override it")
+    p.add_argument("--list-presets", action="store_true", help="print the SFT preset names and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved SFT recipe and exit")
+    _add_set_option(p, "override a recipe value, e.g. --set sft.lr=3e-4 or --set data.file=F (repeatable)")
     p.add_argument("--model", help="hub id or local directory of the model to fine-tune")
     p.add_argument("--data", help="text file (one document per line) or JSONL ('text' field) to train on")
     p.add_argument("--output-dir", help="where the fine-tuned model is saved")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--epochs", type=float, help="passes over the data (default 1)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     p.add_argument("--rebuild", action="store_true", help="demo only: rebuild the demo assets from scratch")
 
@@ -189,22 +198,41 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from rlhflab.models.tiny import ensure_demo_assets
+    from rlhflab.sft import SFTConfig, SFTRecipe, build_recipe, recipe_texts, run_sft, sft_preset_names
 
-    if not args.model and not args.data:
+    if args.list_presets:
+        print("\n".join(sft_preset_names()))
+        return 0
+    if not (args.preset or args.model or args.data):
+        from rlhflab.models.tiny import ensure_demo_assets
+
         assets = ensure_demo_assets(rebuild=args.rebuild) if args.rebuild else ensure_demo_assets()
         print(f"demo model ready in {assets.model_dir}")
         return 0
-    if not (args.model and args.data and args.output_dir):
-        raise UserError("sft: give --model, --data and --output-dir together (or none of them for the demo model)")
-    from rlhflab.data.prompts import read_prompts
-    from rlhflab.sft import SFTConfig, run_sft
+    if args.preset:
+        recipe = build_recipe(args.preset, args.overrides)
+    elif args.model and args.data and args.output_dir:
+        recipe = SFTRecipe(model=args.model, sft=SFTConfig(lr=1e-4, lora={} if args.lora else None))
+    else:
+        raise UserError("sft: give --preset, or --model, --data and --output-dir together (or nothing for the demo)")
+    if args.model:
+        recipe.model = args.model
+    if args.data:
+        recipe.data.source, recipe.data.file = "file", args.data
+    recipe.output_dir = args.output_dir or recipe.output_dir
+    recipe.sft.lr = args.lr or recipe.sft.lr
+    recipe.sft.epochs = args.epochs or recipe.sft.epochs
+    if args.print_config:
+        import yaml
 
-    texts = read_prompts(args.data, "--data")
-    cfg = SFTConfig(lr=args.lr, epochs=args.epochs)
-    if args.lora:
-        cfg.lora = {}
-    run_sft(args.model, texts, Path(args.output_dir), cfg)
+        print(yaml.safe_dump(asdict(recipe), sort_keys=False), end="")
+        return 0
+    texts = recipe_texts(recipe)
+    stats = run_sft(recipe.model, texts, Path(recipe.output_dir), recipe.sft)
+    print(
+        f"sft done: {stats['steps']} steps, {stats['tokens']} tokens in {stats['time_s']:.0f} s, loss "
+        f"{stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; saved to {recipe.output_dir}"
+    )
     return 0
 
 

@@ -34,6 +34,8 @@ class ModelConfig:
     """Allow custom modelling code from the hub. Off unless you trust the repository."""
     roles: Literal["shared", "separate"] = "shared"
     """shared: one base for policy (LoRA), critic (LoRA + head) and reference (adapters off); separate: copies."""
+    sft_adapter: str | None = None
+    """A PEFT LoRA adapter (hub id or dir, e.g. from `rlhflab sft`) merged into the base first: the reference = SFT."""
 
 
 @dataclass

@@ -139,11 +139,13 @@ def final_metric_rows(metrics: list[dict]) -> list[list[str]]:
 def architecture_lines(cfg: dict, final: Path, model_name: str) -> list[str]:
     lora, critic = section(cfg, "lora"), section(cfg, "critic")
     targets = format_value(lora.get("target_modules", []))
+    sft = section(cfg, "model").get("sft_adapter")
+    start = f"`{model_name}` with the SFT adapter `{sft}` merged into it" if sft else f"the base model `{model_name}`"
     lines = [
         f"- **Policy** (the top-level adapter files): a LoRA adapter (r={lora.get('r', '?')},"
-        f" alpha={lora.get('alpha', '?')}, on {targets}) on top of the base model `{model_name}`."
+        f" alpha={lora.get('alpha', '?')}, on {targets}) on top of {start}."
         " It is the only part needed to generate.",
-        "- **Reference**: the base model itself (adapters disabled); the KL penalty kept the policy close to it.",
+        f"- **Reference**: {start} (adapters disabled); the KL penalty kept the policy close to it.",
     ]
     if (final / "critic").is_dir() or (final / "value_head.safetensors").is_file():
         lines.append(
@@ -157,7 +159,7 @@ def architecture_lines(cfg: dict, final: Path, model_name: str) -> list[str]:
     return lines
 
 
-def how_to_load(base_ref: str, adapter_ref: str, is_demo: bool) -> list[str]:
+def how_to_load(base_ref: str, adapter_ref: str, is_demo: bool, sft_adapter: str | None = None) -> list[str]:
     lines = ["## How to load", "", "```python", "from peft import PeftModel"]
     lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", ""]
     if is_demo:
@@ -172,6 +174,11 @@ def how_to_load(base_ref: str, adapter_ref: str, is_demo: bool) -> list[str]:
     lines += [
         f"tokenizer = AutoTokenizer.from_pretrained({base_expr})",
         f"base = AutoModelForCausalLM.from_pretrained({base_expr})",
+        *(
+            [f"base = PeftModel.from_pretrained(base, {json.dumps(sft_adapter)}).merge_and_unload()  # the SFT stage"]
+            if sft_adapter
+            else []
+        ),
         f"model = PeftModel.from_pretrained(base, {json.dumps(adapter_ref)})  # the policy adapter",
         "",
         'inputs = tokenizer("The movie was", return_tensors="pt")',
@@ -245,7 +252,7 @@ def render_model_card(run_dir: Path, repo_id: str | None = None) -> str:
             out += [f"Completions{more}:", ""]
             out += md_table(["prompt", "model", "score", "continuation"], table) + [""]
     adapter_ref = repo_id or str(final.resolve())
-    out += how_to_load(model_name, adapter_ref, is_demo)
+    out += how_to_load(model_name, adapter_ref, is_demo, section(cfg, "model").get("sft_adapter"))
     out += [
         "## Limitations",
         "",

@@ -17,15 +17,19 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from rlhflab.config import LoraSettings
+from rlhflab.config import LoraSettings, apply_override, from_dict
+from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device
 from rlhflab.rollout import position_ids
 
@@ -309,3 +313,60 @@ def run_sft(
     record = {k: v for k, v in stats.items() if k != "losses"} | {"base_model": model_name, "config": asdict(cfg)}
     (out / "sft_stats.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes: an SFT preset or YAML file = model + documents + SFTConfig
+
+
+@dataclass
+class SFTData:
+    source: Literal["imdb", "file"] = "file"
+    """imdb: whole cleaned IMDB reviews through `datasets`; file: text (one document per line) or JSONL ('text')."""
+    split: str = "train[:2000]"
+    """The `datasets` split of stanfordnlp/imdb (source imdb)."""
+    file: str | None = None
+    """The documents (source file)."""
+
+
+@dataclass
+class SFTRecipe:
+    model: str = ""
+    """Base model to fine-tune: a hub id or a local directory."""
+    output_dir: str | None = None
+    """Where the adapter (LoRA) or the full model is saved, with the tokenizer and sft_stats.json."""
+    data: SFTData = field(default_factory=SFTData)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+def sft_preset_names() -> list[str]:
+    folder = resources.files("rlhflab.presets").joinpath("sft")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def build_recipe(preset: str, overrides: Sequence[str] = ()) -> SFTRecipe:
+    """An SFT preset with ``--set`` overrides (``sft.lr=3e-4``, ``data.file=F``), checked like training configs."""
+    names = sft_preset_names()
+    if preset not in names:
+        raise UserError(f"unknown SFT preset {preset!r}; available: {', '.join(names)}")
+    text = resources.files("rlhflab.presets").joinpath("sft").joinpath(f"{preset}.yaml").read_text()
+    data = yaml.safe_load(text)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    recipe = from_dict(SFTRecipe, data)
+    if recipe.data.source == "file" and not recipe.data.file:
+        raise UserError("data.file: required when data.source is 'file'")
+    for key in ("batch_size", "grad_accum", "max_length"):
+        if getattr(recipe.sft, key) <= 0:
+            raise UserError(f"sft.{key}: must be a positive integer, got {getattr(recipe.sft, key)}")
+    return recipe
+
+
+def recipe_texts(recipe: SFTRecipe) -> list[str]:
+    if recipe.data.source == "imdb":
+        from rlhflab.data.imdb import imdb_texts
+
+        return imdb_texts(recipe.data.split)
+    from rlhflab.data.prompts import read_prompts
+
+    return read_prompts(recipe.data.file, "data.file")

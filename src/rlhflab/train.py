@@ -27,7 +27,7 @@ from rlhflab.config import Config, save_config
 from rlhflab.data.prompts import PromptSampler, read_prompts
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.errors import UserError
-from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.rewards import CompositeReward, build_reward
@@ -88,6 +88,8 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
     dtype = resolve_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
     base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
+    if cfg.model.sft_adapter:
+        base = merge_adapter(base, cfg.model.sft_adapter)
     base.requires_grad_(False)
     roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
     return Setup(tokenizer, roles, reward, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)

@@ -101,3 +101,18 @@ def load_causal_lm(
     except (OSError, ValueError) as err:
         raise _load_error(name, key, err) from err
     return model.to(device).eval()
+
+
+def merge_adapter(base: torch.nn.Module, adapter: str, key: str = "model.sft_adapter") -> torch.nn.Module:
+    """Fold a PEFT LoRA adapter (hub id or local dir) into ``base``'s weights and return the plain model.
+
+    Used for an SFT stage before RL: the merged model is then both the policy's starting point and the reference."""
+    from peft import PeftModel
+
+    _check_source(adapter, key)
+    path = str(Path(adapter).expanduser()) if Path(adapter).expanduser().is_dir() else adapter
+    try:
+        merged = PeftModel.from_pretrained(base, path).merge_and_unload()
+    except (OSError, ValueError) as err:
+        raise _load_error(adapter, key, err) from err
+    return merged.eval()
