@@ -71,7 +71,7 @@ class DataConfig:
     source: Literal["demo", "file", "imdb"] = "demo"
     """Where training prompts come from: demo (the offline corpus), file (data.prompts_file) or imdb (datasets)."""
     prompts_file: str | None = None
-    """Local text (one prompt per line) or JSONL file (a 'prompt' field per line) of training prompts."""
+    """Training prompts: a text file (one per line), JSONL or CSV with a header (a 'prompt' or 'text' field)."""
     eval_prompts_file: str | None = None
     """Held-out evaluation prompts (same formats); defaults to the demo's held-out openings."""
     dataset_split: str = "train[:300]"

@@ -106,15 +106,10 @@ def format_table(before: list[dict], after: list[dict], width: int = 100) -> str
 
 
 def format_summary(summary: dict, threshold: float) -> str:
+    from rlhflab.report import summary_rows  # the labels and formats of the report's table
+
     b, a = summary["before"], summary["after"]
-    rows = [
-        ("mean score", "score_mean", "{:+.3f}"),
-        (f"positive share (score > {threshold})", "positive_share", "{:.0%}"),
-        ("distinct-2 (diversity)", "distinct_2", "{:.3f}"),
-        ("mean length (tokens)", "mean_length", "{:.1f}"),
-        ("ended with EOS", "eos_rate", "{:.0%}"),
-        ("perplexity under the starting model", "ref_perplexity", "{:.2f}"),
-    ]
+    rows = summary_rows(threshold)
     for key in (k for k in b if k.startswith("judge/") and k.endswith("_positive_share")):
         rows.append((f"second judge {key[6:-15]}: positive share", key, "{:.0%}"))
     lines = ["", f"{'':<40} {'before':>10} {'after':>10}"]

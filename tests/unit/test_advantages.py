@@ -190,6 +190,8 @@ def test_rloo_other_baselines():
     torch.testing.assert_close(scores, t64([1.0, 3.0, 0.0, 4.0]))
     # batch_mean and none work with k=1
     torch.testing.assert_close(rloo(scores, k=1, baseline="batch_mean"), t64([-1.0, 1.0, -2.0, 2.0]))
+    # a given batch mean (the global one under data parallelism) replaces this batch's own
+    torch.testing.assert_close(rloo(scores, k=2, baseline="batch_mean", batch_mean=t64(3.0)), t64([-2.0, 0, -3, 1]))
 
 
 def test_rloo_matches_loop_reference():

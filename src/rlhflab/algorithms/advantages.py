@@ -71,11 +71,14 @@ def _groups(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.view(-1, k)
 
 
-def rloo(scores: torch.Tensor, k: int, baseline: str = "leave_one_out") -> torch.Tensor:
+def rloo(
+    scores: torch.Tensor, k: int, baseline: str = "leave_one_out", batch_mean: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sequence-level REINFORCE advantages with a baseline, scores (B,) → (B,).
 
     - ``'leave_one_out'``: ``A_i = R_i − (Σ_{j in group, j≠i} R_j) / (k − 1)`` (needs k ≥ 2)
-    - ``'batch_mean'``: ``A_i = R_i − mean_batch(R)``
+    - ``'batch_mean'``: ``A_i = R_i − mean_batch(R)``; ``batch_mean`` overrides the mean of ``scores`` (under data
+      parallelism the batch is every process's rows)
     - ``'none'``: ``A_i = R_i``
     """
     if baseline not in BASELINES:
@@ -87,7 +90,7 @@ def rloo(scores: torch.Tensor, k: int, baseline: str = "leave_one_out") -> torch
         others_mean = (groups.sum(1, keepdim=True) - groups) / (k - 1)
         return (groups - others_mean).reshape(-1)
     if baseline == "batch_mean":
-        return scores - scores.mean()
+        return scores - (scores.mean() if batch_mean is None else batch_mean)
     return scores.clone()
 
 

@@ -33,10 +33,10 @@ def group_advantages(
             rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.response_mask, kl_coef
         )  # (B, T)
         sequence_reward = rewards.sum(1)  # (B,) = score − β Σ_t k1_t
-        advantages = rloo(sequence_reward, k, a.rloo_baseline)
+        global_mean = None  # under data parallelism the batch mean is over every process's rows
         if a.rloo_baseline == "batch_mean" and dist.enabled:
-            # the batch is every process's rows: R − mean over the global batch (rloo() saw this process's only)
-            advantages = sequence_reward - masked_mean(sequence_reward, every_row(sequence_reward), reduce_sum=dist.sum)
+            global_mean = masked_mean(sequence_reward, every_row(sequence_reward), reduce_sum=dist.sum)
+        advantages = rloo(sequence_reward, k, a.rloo_baseline, batch_mean=global_mean)
     else:
         sequence_reward = rollout.scores
         advantages = group_norm(rollout.scores, k, scale=a.group_scale)

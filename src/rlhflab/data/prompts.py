@@ -1,7 +1,9 @@
-"""Prompt lists from local files (text: one per line; JSONL: a 'prompt' field) and a seeded epoch sampler."""
+"""Prompt lists from local files (text: one per line; JSONL / CSV: a 'prompt' or 'text' field) and a seeded epoch
+sampler."""
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -10,7 +12,7 @@ from rlhflab.errors import UserError
 
 
 def read_prompts(path: str | Path, key: str = "data.prompts_file") -> list[str]:
-    """Non-empty prompts of a .txt (one per line) or .jsonl (field 'prompt' or 'text') file."""
+    """Non-empty prompts of a .txt (one per line), .jsonl or .csv (with a header; field 'prompt' or 'text') file."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{key}: file {str(path)!r} does not exist")
@@ -27,6 +29,15 @@ def read_prompts(path: str | Path, key: str = "data.prompts_file") -> list[str]:
             if not isinstance(text, str):
                 raise UserError(f"{key}: {p}:{n} needs a string field 'prompt' (or 'text')")
             prompts.append(text)
+    elif p.suffix == ".csv":
+        with p.open(newline="") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in ("prompt", "text") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise UserError(
+                    f"{key}: {p} needs a header with a 'prompt' (or 'text') column; found {reader.fieldnames}"
+                )
+            prompts = [row[column] or "" for row in reader]
     else:
         prompts = [line.rstrip("\n") for line in p.read_text().splitlines()]
     prompts = [x for x in prompts if x.strip()]
