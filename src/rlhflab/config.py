@@ -233,6 +233,12 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    fsdp: bool = False
+    """Under torchrun (2+ processes): shard the frozen base weights over the processes (FSDP2; docs/distributed.md)."""
+
+
+@dataclass
 class Config:
     seed: int = 42
     """The one seed that controls data order, sampling and initialisation."""
@@ -251,6 +257,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -494,6 +501,10 @@ def validate(cfg: Config) -> None:
         "data.prompts_file: required when data.source is 'file'",
     )
     need(cfg.checkpoint.every >= 0, f"checkpoint.every: must be >= 0, got {cfg.checkpoint.every}")
+    need(
+        not cfg.distributed.fsdp or cfg.model.roles == "shared",
+        "distributed.fsdp: needs model.roles=shared (one base model to shard for the three roles)",
+    )
     tr = cfg.tracking
     need(tr.samples_every >= 0, f"tracking.samples_every: must be >= 0 (0 = never), got {tr.samples_every}")
     need(tr.samples_count > 0, f"tracking.samples_count: must be a positive integer, got {tr.samples_count}")

@@ -16,6 +16,10 @@ group (NCCL for CUDA tensors, Gloo for CPU tensors) and then, every step:
 
 A single process (no ``torchrun``, or ``--nproc_per_node 1``) gets :data:`SINGLE`, whose collectives are the
 identity: the single-process code path and its numbers do not change. See ``docs/distributed.md``.
+
+With ``distributed.fsdp`` the frozen base weights are also sharded over the processes (:func:`shard_model`, FSDP2);
+the adapters stay whole, so the steps above do not change, and generation stops only when every process's rows
+have ended (:meth:`Dist.all`): a sharded forward is a collective.
 """
 
 from __future__ import annotations
@@ -130,6 +134,10 @@ class Dist:
         """True when ``flag`` is true on any process (e.g. a stop request that reached one of them)."""
         return bool(self.max_int(int(flag))) if self.enabled else flag
 
+    def all(self, flag: bool) -> bool:
+        """True when ``flag`` is true on every process (e.g. "all my rows have ended" in generation)."""
+        return not self.any(not flag) if self.enabled else flag
+
     def sum_values(self, values: dict[str, float]) -> dict[str, float]:
         """Σ over processes of each value (float64, one collective); ``values`` itself for one process."""
         if not self.enabled:
@@ -221,6 +229,38 @@ class Dist:
 
 SINGLE = Dist()
 """One process, no process group: every collective is the identity."""
+
+
+def shard_model(model: torch.nn.Module, replicated: set[torch.nn.Parameter], device: torch.device) -> None:
+    """FSDP2 (``fully_shard``) over all processes: every parameter of ``model`` except ``replicated`` is split
+    into one shard per process (dim 0); one unit per transformer block, the root unit for the rest (embeddings,
+    final norm, LM head). Before a unit's forward (and again in backward) its shards are all-gathered into the
+    full weights, and freed after it (the root's stay gathered between its forward and backward).
+
+    ``replicated`` (the LoRA adapters) stays whole on every process: FSDP neither shards them nor reduces their
+    gradients, so :meth:`Dist.all_reduce_gradients` still does. The block classes are the ones the model names in
+    ``_no_split_modules`` (Hugging Face models do). ``model`` may sit on the CPU (a base too big for one GPU):
+    each unit moves to ``device`` when it is sharded, one block's full weights at a time; ``replicated`` is moved
+    here. Call it on every process, after the adapters exist and before the optimiser is built.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise UserError(
+            f"distributed.fsdp: {type(base).__name__} names no transformer block classes (_no_split_modules), "
+            "so rlhflab cannot split it into FSDP units; train it without distributed.fsdp"
+        )
+    mesh = init_device_mesh(device.type, (tdist.get_world_size(),))
+    for block in reversed(blocks):  # bottom-up: a unit takes the parameters no inner unit has taken
+        fully_shard(block, mesh=mesh, ignored_params=replicated)
+    fully_shard(model, mesh=mesh, ignored_params=replicated)
+    with torch.no_grad():
+        for p in replicated:
+            p.data = p.data.to(device)
 
 
 def init(device: torch.device) -> Dist:

@@ -42,9 +42,13 @@ def sample_and_judge(
         chunk = prompts[start : start + cfg.rollout.batch_size]
         if use_reference:
             with roles.reference_model() as model:
-                rollout, completions = sample_rollout(model, setup.tokenizer, chunk, cfg, generator, device)
+                rollout, completions = sample_rollout(
+                    model, setup.tokenizer, chunk, cfg, generator, device, roles.stop_together
+                )
         else:
-            rollout, completions = sample_rollout(roles.actor(), setup.tokenizer, chunk, cfg, generator, device)
+            rollout, completions = sample_rollout(
+                roles.actor(), setup.tokenizer, chunk, cfg, generator, device, roles.stop_together
+            )
         scores, _ = reward(chunk, completions)
         with roles.reference_model() as reference:
             ref_logprobs, _ = response_logprobs(reference, rollout, cfg.rollout.temperature)
@@ -69,12 +73,18 @@ def sample_and_judge(
     return rows, summary
 
 
-def evaluate_run(run_dir: Path, cfg: Config, setup, reward) -> dict:
-    """Evaluate the reference model and the trained policy of a loaded setup; write and print the results."""
+def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool = True) -> dict:
+    """Evaluate the reference model and the trained policy of a loaded setup; write and print the results.
+
+    ``main_process=False`` (the other processes of a model sharded with FSDP, whose every forward needs all of
+    them): run the same sampling passes, then return ``{}`` without judging further, writing or printing."""
     prompts = setup.eval_prompts
-    print(f"evaluating the starting model and the trained policy on {len(prompts)} held-out prompts ...")
+    if main_process:
+        print(f"evaluating the starting model and the trained policy on {len(prompts)} held-out prompts ...")
     before, before_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=True, seed=cfg.seed + 7)
     after, after_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
+    if not main_process:
+        return {}
     for spec in cfg.eval.judges:  # second judges: did the policy learn the task or the training judge's quirks?
         judge = build_judge(spec, cfg.model.trust_remote_code)
         for rows, side_summary in ((before, before_summary), (after, after_summary)):

@@ -8,7 +8,7 @@ V = vocabulary. Masks are bool, True = real token. Every forward pass gets expli
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -97,8 +97,12 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    stop_together: Callable[[bool], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations with a KV cache; stop early once every row has produced EOS.
+
+    ``stop_together`` (``Dist.all`` for a model sharded with FSDP) turns "all my rows ended" into "all rows of
+    every process ended": a sharded forward is a collective, so every process must run as many passes.
 
     Returns ``(response_ids (B, T), sample_logprobs (B, T))`` with T <= max_new_tokens; positions after a row's
     EOS hold ``pad_id``. ``sample_logprobs`` are the logprobs of the sampled tokens under the sampling
@@ -119,16 +123,22 @@ def generate(
     next_position = positions[:, -1:] + 1  # (B, 1)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, logprobs = [], []
+    waiting = False  # (stop_together) this process's rows have all ended; it runs passes for the others'
     for _ in range(max_new_tokens):
         logits = filter_logits(out.logits[:, -1].float() / temperature, top_k, top_p)  # (B, V)
         probs = logits.softmax(-1)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        if waiting:  # no draw: the generator stays where a process that stopped here leaves it (same stream)
+            token = torch.full((batch,), pad_id, dtype=torch.long, device=prompt_ids.device)
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         logprobs.append(torch.log(probs.gather(-1, token[:, None]).squeeze(-1).clamp_min(1e-30)))
         tokens.append(token)
         still_real = ~finished  # this step's token is real (EOS included) for unfinished rows
         finished = finished | (token == eos_id)
-        if finished.all():
+        waiting = bool(finished.all())
+        all_finished = waiting if stop_together is None else stop_together(waiting)
+        if all_finished:
             break
         attention = torch.cat([attention, still_real.long()[:, None]], dim=1)
         out = model(

@@ -70,7 +70,8 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
 def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE) -> Setup:
     """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise.
 
-    Under torchrun (``dist``) every process loads the same; a CUDA device becomes ``cuda:LOCAL_RANK``."""
+    Under torchrun (``dist``) every process loads the same; a CUDA device becomes ``cuda:LOCAL_RANK``. With
+    ``distributed.fsdp`` the base is loaded in CPU memory and then sharded, each process's shards on its device."""
     model_name, train_file, eval_file = resolve_sources(cfg)
     # prompts first: a bad prompts file fails in a second, before a large model is loaded
     if cfg.data.source == "imdb":
@@ -87,11 +88,15 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
     device = dist.device(resolve_device(cfg.model.device))
     dtype = resolve_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
-    base = load_causal_lm(model_name, dtype, device, cfg.model.trust_remote_code)
+    fsdp = cfg.distributed.fsdp and dist.enabled  # a whole base may not fit the device: shard it from CPU memory
+    load_device = torch.device("cpu") if fsdp else device
+    base = load_causal_lm(model_name, dtype, load_device, cfg.model.trust_remote_code)
     if cfg.model.sft_adapter:
         base = merge_adapter(base, cfg.model.sft_adapter)
     base.requires_grad_(False)
     roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
+    if fsdp:
+        roles.shard(dist, device)
     return Setup(tokenizer, roles, reward, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
 
 
@@ -136,9 +141,16 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int, device: tor
 
 
 def sample_rollout(
-    model, tokenizer, prompts: list[str], cfg: Config, generator: torch.Generator, device: torch.device
+    model,
+    tokenizer,
+    prompts: list[str],
+    cfg: Config,
+    generator: torch.Generator,
+    device: torch.device,
+    stop_together=None,
 ) -> tuple[Rollout, list[str]]:
-    """Generate completions of ``prompts`` with ``model``; returns the rollout (ids, masks) and the texts."""
+    """Generate completions of ``prompts`` with ``model``; returns the rollout (ids, masks) and the texts.
+    ``stop_together``: ``Roles.stop_together`` (the joint early stop of a sharded model)."""
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens, device)
     r = cfg.rollout
     response_ids, _ = generate(
@@ -152,6 +164,7 @@ def sample_rollout(
         r.temperature,
         r.top_k,
         r.top_p,
+        stop_together,
     )
     mask = response_mask(response_ids, tokenizer.eos_token_id)  # (B, T)
     completions = decode_completions(tokenizer, response_ids, mask)
@@ -167,15 +180,16 @@ def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor
 def score_rollout(setup: Setup, rollout: Rollout, cfg: Config, with_values: bool = True) -> tuple[Rollout, float]:
     """Old logprobs, reference logprobs and values, in micro-batches; also the policy's mean token entropy."""
     roles, temperature = setup.roles, cfg.rollout.temperature
-    logprobs, ref_logprobs, values, entropy_sum = [], [], [], 0.0
-    for micro in rollout.chunks(cfg.train.micro_batch_size):
-        lp, ent = response_logprobs(roles.actor(), micro, temperature, with_entropy=True)
+    chunks = list(rollout.chunks(cfg.train.micro_batch_size))
+    # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
+    logprobs, entropy_sum, actor = [], 0.0, roles.actor()
+    for micro in chunks:
+        lp, ent = response_logprobs(actor, micro, temperature, with_entropy=True)
         logprobs.append(lp)
         entropy_sum += masked_sum(ent, micro.response_mask).item()
-        with roles.reference_model() as reference:
-            ref_logprobs.append(response_logprobs(reference, micro, temperature)[0])
-        if with_values:
-            values.append(roles.values(micro, cfg.critic.granularity))
+    with roles.reference_model() as reference:
+        ref_logprobs = [response_logprobs(reference, micro, temperature)[0] for micro in chunks]
+    values = [roles.values(micro, cfg.critic.granularity) for micro in chunks] if with_values else []
     entropy = entropy_sum / rollout.response_mask.sum().item()
     return replace(
         rollout,
@@ -340,6 +354,11 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False) -> Path:
 def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     a, r, t = cfg.algorithm, cfg.rollout, cfg.train
     dist.check_batch(r.batch_size, r.samples_per_prompt, a.num_minibatches, t.micro_batch_size)
+    if cfg.distributed.fsdp and not dist.enabled:
+        raise UserError(
+            "distributed.fsdp: shards the base model over torchrun processes; launch with torchrun "
+            "--nproc_per_node N (N >= 2), or leave it off"
+        )
     if dist.enabled:  # a default output dir names the time: take rank 0's, which may be a second apart
         cfg.output_dir = dist.all_gather_objects(cfg.output_dir)[0]
     run_dir = Path(cfg.output_dir) if resume else check_run_dir(cfg, overwrite)
@@ -391,7 +410,9 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             started = time.perf_counter()
             # 1. sample completions for this step's prompts (k contiguous samples per prompt)
             prompts = [p for p in dist.shard(sampler.next(prompts_per_step)) for _ in range(r.samples_per_prompt)]
-            rollout, completions = sample_rollout(roles.actor(), tokenizer, prompts, cfg, sample_gen, device)
+            rollout, completions = sample_rollout(
+                roles.actor(), tokenizer, prompts, cfg, sample_gen, device, roles.stop_together
+            )
             generated = time.perf_counter()
             # 2. judge the completions
             scores, components = reward(prompts, completions)
@@ -462,14 +483,15 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
                     )
                 raise KeyboardInterrupt
     trackers.close()
-    if not dist.is_main:  # rank 0 alone writes the adapters, evaluates and reports
-        return run_dir
-    roles.save(run_dir / "final")
-    print(f"training done: adapters in {run_dir / 'final'}; metrics in {run_dir / 'metrics.jsonl'}")
-    if cfg.eval.enabled:
+    if dist.is_main:  # rank 0 alone writes the adapters, evaluates and reports
+        roles.save(run_dir / "final")
+        print(f"training done: adapters in {run_dir / 'final'}; metrics in {run_dir / 'metrics.jsonl'}")
+    if cfg.eval.enabled and (dist.is_main or roles.sharded):  # a sharded model's forwards need every process
         from rlhflab.evaluate import evaluate_run
 
-        evaluate_run(run_dir, cfg, setup, reward)
+        evaluate_run(run_dir, cfg, setup, reward, main_process=dist.is_main)
+    if not dist.is_main:
+        return run_dir
     from rlhflab.report import write_outputs
 
     write_outputs(run_dir)  # report.md/.html + plots/, final/README.md; never raises
@@ -486,8 +508,9 @@ def distributed_note(cfg: Config, dist: Dist) -> str | None:
     if not dist.enabled:
         return None
     b, w = cfg.rollout.batch_size, dist.world_size
+    sharded = "; base weights sharded with FSDP2 (distributed.fsdp)" if cfg.distributed.fsdp else ""
     return (
-        f"distributed: torchrun, world_size {w}, backend {dist.backend}\n"
+        f"distributed: torchrun, world_size {w}, backend {dist.backend}{sharded}\n"
         f"rollout.batch_size {b} is the global batch: {b // w} completions per process x {w} processes"
     )
 

@@ -112,6 +112,7 @@ def test_every_field_has_a_docstring():
                 "eval",
                 "tracking",
                 "checkpoint",
+                "distributed",
             }:
                 continue
             assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
@@ -132,6 +133,7 @@ def test_every_field_has_a_docstring():
         c.EvalConfig,
         c.TrackingConfig,
         c.CheckpointConfig,
+        c.DistributedConfig,
     ):
         walk(cls)
     assert any("train.lr" in line for line in describe_fields())

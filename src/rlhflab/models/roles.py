@@ -8,6 +8,10 @@ disabled: three roles for the memory of about one model.
 separate: the reference is a frozen full copy and the critic a full copy with its own LoRA adapter, the layout
 of the published reference script. Kept for users who need it and to measure what sharing saves.
 
+fsdp (torchrun, ``distributed.fsdp``, shared layout): :meth:`Roles.shard` splits the frozen base weights over the
+processes with FSDP2; the adapters and the value head stay whole on each. The three roles work as before, except
+that the critic reads its hidden states from a forward of the whole model (whose root gathers the embeddings).
+
 peft's ``set_adapter`` also switches ``requires_grad`` to the active adapter, so every pass that needs
 gradients must run its backward before another adapter is activated (the trainer does policy forward+backward,
 then critic forward+backward).
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +29,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from rlhflab.config import Config
+from rlhflab.distributed import Dist, shard_model
 from rlhflab.rollout import Rollout, position_ids
 
 POLICY, CRITIC = "default", "critic"
@@ -74,6 +79,19 @@ class Roles:
             torch.nn.init.zeros_(self.value_head.bias)
         self.policy.set_adapter(POLICY)
         self.set_dropout(cfg.train.dropout)
+        self.sharded = False
+        self.stop_together: Callable[[bool], bool] | None = None  # generation's joint early stop when sharded
+
+    def shard(self, dist: Dist, device: torch.device) -> None:
+        """FSDP2 under torchrun: shard the frozen base weights over the processes; the LoRA adapters and the value
+        head stay whole on every process (see :func:`rlhflab.distributed.shard_model`). Shared layout only."""
+        assert self.layout == "shared" and dist.enabled, "FSDP shards the one shared base over 2+ processes"
+        lora = {p for n, p in self.policy.named_parameters() if "lora_" in n}
+        shard_model(self.policy, lora, device)
+        if self.value_head is not None:
+            self.value_head.to(device)
+        self.sharded = True
+        self.stop_together = dist.all
 
     # ------------------------------------------------------------------------------------------------------------
     def set_dropout(self, enabled: bool) -> None:
@@ -119,15 +137,29 @@ class Roles:
         self.critic.set_adapter(CRITIC)
         mask = rollout.attention_mask
         backbone = self.critic.get_base_model().base_model  # GPTNeoXModel etc.: hidden states, no LM head
-        hidden = backbone(
-            input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask)
-        ).last_hidden_state  # (B, P + T, H)
+        inputs = dict(input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask))
+        if self.sharded:
+            hidden = self._backbone_through_root(backbone, inputs)
+        else:
+            hidden = backbone(**inputs).last_hidden_state  # (B, P + T, H)
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         if granularity == "sequence":
             hidden = hidden[:, prompt_len - 1 : prompt_len]  # (B, 1, H): the state before the first token
         else:
             hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]  # (B, T, H)
         return self.value_head(hidden.float()).squeeze(-1)
+
+    def _backbone_through_root(self, backbone: torch.nn.Module, inputs: dict) -> torch.Tensor:
+        """The backbone's last hidden state (B, P + T, H), from a forward of the whole sharded model: the root
+        unit's parameters (embeddings, final norm) are gathered only when the root's forward runs, so the backbone
+        cannot be called alone. The LM head projects just the last position (``logits_to_keep=1``)."""
+        captured = []
+        handle = backbone.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
+        try:
+            self.critic(**inputs, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured[0]
 
     # ------------------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
