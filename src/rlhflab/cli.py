@@ -101,8 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per run instead of a budget")
     p.add_argument("--output-dir", default="runs/compare", help="where the runs and the report go")
     _add_set_option(p, "override a config value in every run (repeatable)")
-    p = sub.add_parser("bench", help="speed and memory benchmark of the role layouts (not yet available)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser(
+        "bench",
+        help="speed and memory of the role layouts (shared vs separate) through the real training loop",
+        description="Build a random-weight model of the given shape, run N training steps of the "
+        "imdb-pythia-410m-<algo> preset (VADER judge, local prompts of 10 words, 48 new tokens) once per role "
+        "layout, each in a fresh process, and report peak memory, step time and its split, forward passes per "
+        "step and the update's FLOP/s against a GEMM peak measured in the same run. See docs/benchmarks.md.",
+    )
+    p.add_argument("--model-shape", default="tiny", help="tiny (the demo model's shape) or pythia-410m (default tiny)")
+    p.add_argument("--roles", default="shared,separate", help="comma-separated layouts (default shared,separate)")
+    p.add_argument("--steps", type=int, default=2, help="training steps per layout; the first is not timed (default 2)")
+    p.add_argument("--dtype", default="fp32", help="fp32 or bf16 weights (default fp32)")
+    p.add_argument("--batch", type=int, help="completions per step (default 16 for ppo, 32 = 8 prompts x 4 otherwise)")
+    p.add_argument("--algo", default="ppo", help="ppo, rloo or grpo (default ppo)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--pythia-dir", help="folder with Pythia-410m's config.json and tokenizer files (no weights)")
+    p.add_argument("--json", dest="json_path", metavar="FILE", help="also write the full results as JSON")
+    _add_set_option(p, "override a config value in every layout's run, e.g. --set train.micro_batch_size=4")
     return parser
 
 
@@ -265,6 +281,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from rlhflab.bench import BenchOptions, bench_command
+
+    opts = BenchOptions(
+        model_shape=args.model_shape,
+        roles=[r.strip() for r in args.roles.split(",") if r.strip()],
+        steps=args.steps,
+        dtype=args.dtype,
+        batch=args.batch,
+        algo=args.algo,
+        device=args.device,
+        overrides=list(args.overrides),
+        pythia_dir=args.pythia_dir,
+        json_path=args.json_path,
+    )
+    bench_command(opts)
+    return 0
+
+
 def torch_oom() -> type[BaseException]:
     """torch's CUDA out-of-memory error (CPU runs out of memory differently: the OS ends the process)."""
     import torch
@@ -282,11 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         "push": cmd_push,
         "compare": cmd_compare,
         "report": cmd_report,
+        "bench": cmd_bench,
     }
     try:
-        if args.command == "bench":
-            issue = "#9 (performance benchmark)"
-            raise UserError(f"`rlhflab {args.command}` is not available yet: it arrives with issue {issue}")
         return handlers[args.command](args)
     except UserError as err:
         print(f"rlhflab {args.command}: error: {err}", file=sys.stderr)

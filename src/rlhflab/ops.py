@@ -96,9 +96,14 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     logits (B, T, V), tokens (B, T) → (B, T), in fp32 (or fp64 for fp64 logits).
     Computed as gather − logsumexp so no ``(B, T, V)`` log-softmax is materialised.
     """
-    lse = _in_fp32_rows(lambda z: torch.logsumexp(z / temperature, dim=-1), logits)
-    gathered = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(lse.dtype) / temperature
+    lse = _in_fp32_rows(lambda z: torch.logsumexp(_scaled(z, temperature), dim=-1), logits)
+    gathered = _scaled(logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(lse.dtype), temperature)
     return gathered - lse
+
+
+def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``z / temperature``, without the (B, T, V) copy (and its backward) when the temperature is 1."""
+    return z if temperature == 1.0 else z / temperature
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -108,7 +113,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """
 
     def entropy(z: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(z / temperature, dim=-1)
+        logp = torch.log_softmax(_scaled(z, temperature), dim=-1)
         return -(logp.exp() * logp).sum(-1)
 
     return _in_fp32_rows(entropy, logits)

@@ -138,7 +138,7 @@ def generate(
         finished = finished | (token == eos_id)
         waiting = bool(finished.all())
         all_finished = waiting if stop_together is None else stop_together(waiting)
-        if all_finished:
+        if all_finished or len(tokens) == max_new_tokens:  # no pass for a token that will never be sampled
             break
         attention = torch.cat([attention, still_real.long()[:, None]], dim=1)
         out = model(

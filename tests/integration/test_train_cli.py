@@ -150,7 +150,7 @@ def test_user_errors_are_one_line(tiny_model_dir, prompts_file, tmp_path, capsys
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "--run", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
-    assert main(["bench"]) == 2 and "not available yet" in capsys.readouterr().err
+    assert main(["bench", "--steps", "0"]) == 2 and "--steps" in capsys.readouterr().err
 
 
 def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, capsys):

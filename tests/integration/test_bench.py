@@ -1,0 +1,50 @@
+"""`rlhflab bench` at the tiny shape: both layouts run through the real loop and report finite, positive numbers."""
+
+import json
+import math
+
+from rlhflab.cli import main
+
+LAYOUT_KEYS = {
+    "roles",
+    "peak_rss_bytes",
+    "peak_cuda_bytes",
+    "step_seconds",
+    "split_seconds",
+    "tokens_per_second",
+    "forward_passes_per_step",
+    "forward_calls",
+    "batch_passes",
+    "update_flops",
+    "update_flops_per_second",
+    "update_fraction_of_gemm_peak",
+}
+
+
+def test_bench_tiny_one_step(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model-shape", "tiny", "--steps", "1", "--batch", "4", "--json", str(out)]
+    assert main([*argv, "--set", "rollout.max_new_tokens=8"]) == 0
+    assert "shared / separate" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["gemm_peak_flops_per_second"] > 0
+    assert [r["roles"] for r in report["layouts"]] == ["shared", "separate"]
+    for layout in report["layouts"]:
+        assert LAYOUT_KEYS <= set(layout)
+        for key in ("peak_rss_bytes", "step_seconds", "tokens_per_second", "update_flops_per_second"):
+            assert math.isfinite(layout[key]) and layout[key] > 0, key
+        split = layout["split_seconds"]
+        assert set(split) == {"generate", "reward", "logprobs", "ref_logprobs", "values", "update", "other"}
+        assert all(math.isfinite(v) and v >= 0 for v in split.values()) and split["update"] > 0
+        # one pass each for old logprobs, reference logprobs and values; K = 4 epochs x (policy + critic) to train
+        assert layout["batch_passes"]["logprobs"] == 1 and layout["batch_passes"]["values"] == 1
+        assert layout["batch_passes"]["ref_logprobs"] == 1 and layout["batch_passes"]["update"] == 8
+    assert report["shared_over_separate"]["peak_rss"] > 0
+
+
+def test_bench_user_errors(capsys):
+    assert main(["bench", "--model-shape", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model-shape" in err
+    assert main(["bench", "--roles", "shared,copies"]) == 2
+    assert "--roles" in capsys.readouterr().err
