@@ -155,14 +155,15 @@ def worker(rank: int, port: int, workdir: str, model_dir: str, prompts_file: str
         dist.close()
 
 
-def run_two_processes(*args, timeout: float = 300) -> None:
-    context = mp.spawn(worker, args=(free_port(), *args), nprocs=WORLD, join=False)
+def run_two_processes(worker_fn, *args, timeout: float = 300) -> None:
+    """``worker_fn(rank, port, *args)`` in 2 spawned processes; fail (not hang) when a collective is left waiting."""
+    context = mp.spawn(worker_fn, args=(free_port(), *args), nprocs=WORLD, join=False)
     deadline = time.time() + timeout
     while not context.join(timeout=1):
         if time.time() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail("the 2 spawned processes did not finish in time")
+            pytest.fail("the 2 spawned processes did not finish in time (a collective left waiting?)")
 
 
 def pad_cat(parts: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -193,7 +194,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tiny_model_di
         setup = load_perturbed(cfg)
         single[name] = gradient_step(setup, rollout, cfg, SINGLE)
 
-    run_two_processes(str(tmp_path), str(tiny_model_dir), str(prompts_file))
+    run_two_processes(worker, str(tmp_path), str(tiny_model_dir), str(prompts_file))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     x, mask = whitening_inputs()

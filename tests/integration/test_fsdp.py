@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from conftest import train_argv
 from safetensors.torch import load_file
-from test_distributed import case_config, free_port, metrics, own_rollout, pad_cat, torchrun
+from test_distributed import case_config, metrics, own_rollout, pad_cat, run_two_processes, torchrun
 
 from rlhflab import distributed
 from rlhflab.config import build_config
@@ -114,16 +112,6 @@ def worker(rank: int, port: int, workdir: str, model_dir: str, prompts_file: str
         dist.close()
 
 
-def run_two_processes(*args, timeout: float = 300) -> None:
-    context = mp.spawn(worker, args=(free_port(), *args), nprocs=WORLD, join=False)
-    deadline = time.time() + timeout
-    while not context.join(timeout=1):
-        if time.time() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2 spawned processes did not finish in time (a collective left waiting?)")
-
-
 def test_fsdp_two_processes_equal_one_process(tiny_model_dir, prompts_file, tmp_path):
     from rlhflab.train import sample_rollout, score_rollout
 
@@ -149,7 +137,7 @@ def test_fsdp_two_processes_equal_one_process(tiny_model_dir, prompts_file, tmp_
             expected = [greedy(setup, "the movie was", -1), greedy(setup, "i really hated", -1)]
             pad = setup.tokenizer.pad_token_id
 
-    run_two_processes(str(tmp_path), str(tiny_model_dir), str(prompts_file))
+    run_two_processes(worker, str(tmp_path), str(tiny_model_dir), str(prompts_file))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     for name, _ in CASES:
