@@ -170,27 +170,34 @@ def pad_cat(parts: list[torch.Tensor], width: int) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
-def test_two_processes_equal_one_process_on_the_concatenated_batch(tiny_model_dir, prompts_file, tmp_path):
+def fixed_rollout(setup, cfg, path: Path) -> Rollout:
+    """8 scored rows, saved to ``path`` for the processes: sampled from the adapters halved (so old logprobs differ
+    from the weights being trained: the ratio is not 1), unequal lengths with the second half all shorter (its
+    process's own rollout is narrower), random scores. Leaves ``setup``'s adapters halved."""
     from rlhflab.train import sample_rollout, score_rollout
 
+    k = cfg.rollout.samples_per_prompt
+    prompts = [p for p in setup.train_prompts[: 8 // k] for _ in range(k)]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in setup.roles.trainable_parameters():
+            p.mul_(0.5)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, prompts, cfg, g, setup.device)
+    lengths = torch.tensor([8, 3, 8, 5, 2, 6, 4, 3]).clamp(max=rollout.response_ids.shape[1])
+    mask = torch.arange(rollout.response_ids.shape[1])[None, :] < lengths[:, None]
+    rollout = replace(rollout, response_mask=mask & rollout.response_mask)
+    rollout = replace(rollout, scores=torch.randn(len(rollout), generator=g))
+    rollout, _ = score_rollout(setup, rollout, cfg, with_values=setup.roles.critic is not None)
+    torch.save({f.name: getattr(rollout, f.name) for f in fields(rollout)}, path)
+    return rollout
+
+
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tiny_model_dir, prompts_file, tmp_path):
     single = {}
     for name, overrides in CASES:
         cfg = case_config(tiny_model_dir, prompts_file, overrides)
         setup = load_perturbed(cfg)
-        k = cfg.rollout.samples_per_prompt
-        prompts = [p for p in setup.train_prompts[: 8 // k] for _ in range(k)]
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # sample from the initial policy: old logprobs differ from the perturbed ones
-            for p in setup.roles.trainable_parameters():
-                p.mul_(0.5)
-        rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, prompts, cfg, g, setup.device)
-        # responses of unequal lengths, the second process's all shorter: its own rollout is narrower
-        lengths = torch.tensor([8, 3, 8, 5, 2, 6, 4, 3]).clamp(max=rollout.response_ids.shape[1])
-        mask = torch.arange(rollout.response_ids.shape[1])[None, :] < lengths[:, None]
-        rollout = replace(rollout, response_mask=mask & rollout.response_mask)
-        rollout = replace(rollout, scores=torch.randn(len(rollout), generator=g))
-        rollout, _ = score_rollout(setup, rollout, cfg, with_values=setup.roles.critic is not None)
-        torch.save({f.name: getattr(rollout, f.name) for f in fields(rollout)}, tmp_path / f"{name}-rollout.pt")
+        rollout = fixed_rollout(setup, cfg, tmp_path / f"{name}-rollout.pt")
         setup = load_perturbed(cfg)
         single[name] = gradient_step(setup, rollout, cfg, SINGLE)
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import train_argv
 from safetensors.torch import load_file
-from test_distributed import case_config, metrics, own_rollout, pad_cat, run_two_processes, torchrun
+from test_distributed import case_config, fixed_rollout, metrics, own_rollout, pad_cat, run_two_processes, torchrun
 
 from rlhflab import distributed
 from rlhflab.config import build_config
@@ -113,23 +113,11 @@ def worker(rank: int, port: int, workdir: str, model_dir: str, prompts_file: str
 
 
 def test_fsdp_two_processes_equal_one_process(tiny_model_dir, prompts_file, tmp_path):
-    from rlhflab.train import sample_rollout, score_rollout
-
     single = {}
     for name, overrides in CASES:
         cfg = case_config(tiny_model_dir, prompts_file, [*overrides, "algorithm.num_minibatches=1"])
         setup = load(cfg)
-        k = cfg.rollout.samples_per_prompt
-        prompts = [p for p in setup.train_prompts[: 8 // k] for _ in range(k)]
-        g = torch.Generator().manual_seed(1)
-        scale_adapters(setup, 0.5)  # sample from other weights than the perturbed ones: the ratio is not 1
-        rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, prompts, cfg, g, setup.device)
-        lengths = torch.tensor([8, 3, 8, 5, 2, 6, 4, 3]).clamp(max=rollout.response_ids.shape[1])
-        mask = torch.arange(rollout.response_ids.shape[1])[None, :] < lengths[:, None]
-        rollout = replace(rollout, response_mask=mask & rollout.response_mask)
-        rollout = replace(rollout, scores=torch.randn(len(rollout), generator=g))
-        rollout, _ = score_rollout(setup, rollout, cfg, with_values=setup.roles.critic is not None)
-        torch.save({f.name: getattr(rollout, f.name) for f in fields(rollout)}, tmp_path / f"{name}-rollout.pt")
+        rollout = fixed_rollout(setup, cfg, tmp_path / f"{name}-rollout.pt")
         setup = load(cfg)
         before = [p.detach().clone() for p in setup.roles.trainable_parameters()]
         single[name] = (rollout, *score_and_update(setup, rollout, cfg, SINGLE)[1:], before)
