@@ -21,6 +21,8 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # noqa: E4
 
 LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]  # DESIGN §1, policy
 CRITIC_TARGETS = ["query_key_value"]  # DESIGN §1, critic
+# TrainingArguments every yardstick run shares: CPU, fp32, no checkpoints or trackers, a log line per step, seed 42
+RUN_ARGS = dict(save_strategy="no", report_to="none", logging_steps=1, use_cpu=True, bf16=False, seed=42)
 
 
 def build_assets(shape: str, out: Path) -> tuple[Path, list[str]]:

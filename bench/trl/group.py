@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import LORA_TARGETS, StepTimer, build_assets, load_tokenizer, peak_rss_bytes, report, vader
+from common import LORA_TARGETS, RUN_ARGS, StepTimer, build_assets, load_tokenizer, peak_rss_bytes, report, vader
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
@@ -64,12 +64,7 @@ def main() -> None:
         lr_scheduler_type="cosine",
         max_steps=args.steps * ITERATIONS,
         disable_dropout=True,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        use_cpu=True,
-        bf16=False,
-        seed=42,
+        **RUN_ARGS,
     )
     if args.algo == "grpo":
         config, trainer_cls = GRPOConfig(**common, loss_type="dapo", scale_rewards="group"), GRPOTrainer

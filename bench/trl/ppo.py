@@ -20,7 +20,17 @@ from pathlib import Path
 
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_module
-from common import CRITIC_TARGETS, LORA_TARGETS, StepTimer, build_assets, load_tokenizer, peak_rss_bytes, report, vader
+from common import (
+    CRITIC_TARGETS,
+    LORA_TARGETS,
+    RUN_ARGS,
+    StepTimer,
+    build_assets,
+    load_tokenizer,
+    peak_rss_bytes,
+    report,
+    vader,
+)
 from datasets import Dataset
 from peft import LoraConfig, inject_adapter_in_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -98,12 +108,7 @@ def main() -> None:
         whiten_rewards=False,
         num_sample_generations=0,
         missing_eos_penalty=None,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        use_cpu=True,
-        bf16=False,
-        seed=42,
+        **RUN_ARGS,
     )
     patch_get_reward()
     timer = StepTimer()
