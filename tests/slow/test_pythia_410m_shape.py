@@ -4,18 +4,18 @@ Run with `pytest -m slow -s tests/slow`; prints the step time and the peak resid
 """
 
 import json
+import math
 import resource
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-import torch
 import yaml
 from conftest import build_classifier
-from transformers import AutoConfig, GPTNeoXForCausalLM
+from safetensors import safe_open
 
+from rlhflab.bench import BenchOptions, build_model_dir
 from rlhflab.config import load_preset_dict
 from rlhflab.models.loading import load_tokenizer
 
@@ -24,13 +24,10 @@ from rlhflab.models.loading import load_tokenizer
 def test_one_ppo_step_at_pythia_410m_shape(shared_assets, tmp_path):
     pythia = shared_assets / "pythia-410m-deduped"
     model_dir = tmp_path / "pythia-410m-random"
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(AutoConfig.from_pretrained(pythia))
-    assert 400e6 < sum(p.numel() for p in model.parameters()) < 410e6
-    model.save_pretrained(model_dir)
-    del model
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(pythia / name, model_dir / name)
+    build_model_dir(BenchOptions(model_shape="pythia-410m", pythia_dir=str(pythia)), model_dir)  # as the bench
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
+        n_params = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    assert 400e6 < n_params < 410e6
     tokenizer = load_tokenizer(str(model_dir))  # the saved tokenizer says pad = eos; we must not
     assert tokenizer.eos_token_id == 0 and tokenizer.pad_token_id == 1
     judge = build_classifier(
