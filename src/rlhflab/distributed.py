@@ -246,14 +246,9 @@ def shard_model(model: torch.nn.Module, replicated: set[torch.nn.Parameter], dev
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or [])
-    blocks = [m for m in base.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise UserError(
-            f"distributed.fsdp: {type(base).__name__} names no transformer block classes (_no_split_modules), "
-            "so rlhflab cannot split it into FSDP units; train it without distributed.fsdp"
-        )
+    from rlhflab.models.loading import transformer_blocks
+
+    blocks = transformer_blocks(model, "distributed.fsdp")
     mesh = init_device_mesh(device.type, (tdist.get_world_size(),))
     for block in reversed(blocks):  # bottom-up: a unit takes the parameters no inner unit has taken
         fully_shard(block, mesh=mesh, ignored_params=replicated)

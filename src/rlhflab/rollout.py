@@ -7,12 +7,18 @@ V = vocabulary. Masks are bool, True = real token. Every forward pass gets expli
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
 from transformers import DynamicCache
+
+try:
+    from transformers.cache_utils import DynamicLayer  # transformers 5: caches made of per-layer objects
+except ImportError:  # pragma: no cover - transformers 4.x
+    DynamicLayer = None
 
 from rlhflab.ops import entropy_from_logits, logprobs_from_logits
 
@@ -111,7 +117,7 @@ def generate(
     batch = prompt_ids.shape[0]
     attention = prompt_mask.long()  # (B, P) grows by one column per step
     positions = position_ids(prompt_mask)
-    cache = {_cache_keyword(model): DynamicCache()}  # filled in place by every pass
+    cache = {_cache_keyword(model): kv_cache(prompt_ids.shape[1] + max_new_tokens)}  # filled in place by every pass
     out = model(
         input_ids=prompt_ids,
         attention_mask=attention,
@@ -152,6 +158,42 @@ def generate(
     return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
+def kv_cache(capacity: int) -> DynamicCache:
+    """A KV cache whose layers reserve room for ``capacity`` positions at their first write. The default layer
+    concatenates each new position onto a fresh copy of everything cached so far: quadratic copying, and a heap
+    of ever-larger freed blocks that keeps the process's memory high. Plain ``DynamicCache`` on transformers
+    versions without per-layer cache classes."""
+    cache = DynamicCache()
+    if DynamicLayer is not None and hasattr(cache, "layer_class_to_replicate"):
+        cache.layer_class_to_replicate = functools.partial(_ReservedLayer, capacity)
+    return cache
+
+
+if DynamicLayer is not None:
+
+    class _ReservedLayer(DynamicLayer):
+        """One layer of :func:`kv_cache`: keys and values are views of the filled part of fixed buffers."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+            self.length = 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:  # (B, heads, capacity, head_dim) buffers
+                self.lazy_initialization(key_states, value_states)
+                size = (*key_states.shape[:2], self.capacity)
+                self.key_buffer = key_states.new_empty(*size, key_states.shape[-1])
+                self.value_buffer = value_states.new_empty(*size, value_states.shape[-1])
+            end = self.length + key_states.shape[-2]
+            assert end <= self.capacity, f"KV cache reserved {self.capacity} positions, got {end}"
+            self.key_buffer[:, :, self.length : end] = key_states
+            self.value_buffer[:, :, self.length : end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+
 def _cache_keyword(model: torch.nn.Module) -> str:
     """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -167,15 +209,28 @@ def forward_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         attention_mask=mask.long(),
         position_ids=position_ids(mask),
         logits_to_keep=response_len + 1,
+        use_cache=False,  # no KV cache to build (and to write twice under activation checkpointing)
     )
     return out.logits[:, :-1]  # position P-1+t predicts response token t
 
 
 def response_logprobs(
-    model: torch.nn.Module, rollout: Rollout, temperature: float, with_entropy: bool = False
+    model: torch.nn.Module,
+    rollout: Rollout,
+    temperature: float,
+    with_entropy: bool = False,
+    rows_at_once: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T))."""
+    """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T)).
+
+    ``rows_at_once`` bounds the (rows, T, V) temporaries of the log-softmax and entropy: the whole batch goes
+    through the model in one pass, its logits are reduced that many rows at a time (same numbers, row by row)."""
     logits = forward_logits(model, rollout)  # (B, T, V)
-    logprobs = logprobs_from_logits(logits, rollout.response_ids, temperature)
-    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
-    return logprobs, entropy
+    rows = rows_at_once or len(rollout)
+    logprobs, entropy = [], []
+    for start in range(0, len(rollout), rows):
+        part = logits[start : start + rows]  # (b, T, V)
+        logprobs.append(logprobs_from_logits(part, rollout.response_ids[start : start + rows], temperature))
+        if with_entropy:
+            entropy.append(entropy_from_logits(part, temperature))
+    return torch.cat(logprobs), torch.cat(entropy) if with_entropy else None

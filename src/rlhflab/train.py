@@ -178,18 +178,21 @@ def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor
 
 @torch.no_grad()
 def score_rollout(setup: Setup, rollout: Rollout, cfg: Config, with_values: bool = True) -> tuple[Rollout, float]:
-    """Old logprobs, reference logprobs and values, in micro-batches; also the policy's mean token entropy."""
-    roles, temperature = setup.roles, cfg.rollout.temperature
-    chunks = list(rollout.chunks(cfg.train.micro_batch_size))
+    """Old logprobs, reference logprobs and values, ``train.scoring_batch_size`` rows per pass (their logits
+    reduced ``train.micro_batch_size`` rows at a time); also the policy's mean token entropy."""
+    roles, temperature, head_rows = setup.roles, cfg.rollout.temperature, cfg.train.micro_batch_size
+    # whole micro-batches per pass, reduced micro-batch by micro-batch: every reduction sees the shapes the update's
+    # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0)
+    chunks = list(rollout.chunks(max(1, cfg.train.scoring_batch_size // head_rows) * head_rows))
     # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
     logprobs, entropy_sum, actor = [], 0.0, roles.actor()
-    for micro in chunks:
-        lp, ent = response_logprobs(actor, micro, temperature, with_entropy=True)
+    for chunk in chunks:
+        lp, ent = response_logprobs(actor, chunk, temperature, with_entropy=True, rows_at_once=head_rows)
         logprobs.append(lp)
-        entropy_sum += masked_sum(ent, micro.response_mask).item()
+        entropy_sum += masked_sum(ent, chunk.response_mask).item()
     with roles.reference_model() as reference:
-        ref_logprobs = [response_logprobs(reference, micro, temperature)[0] for micro in chunks]
-    values = [roles.values(micro, cfg.critic.granularity) for micro in chunks] if with_values else []
+        ref_logprobs = [response_logprobs(reference, c, temperature, rows_at_once=head_rows)[0] for c in chunks]
+    values = [roles.values(chunk, cfg.critic.granularity) for chunk in chunks] if with_values else []
     entropy = entropy_sum / rollout.response_mask.sum().item()
     return replace(
         rollout,

@@ -104,7 +104,10 @@ def test_tokens_after_eos_change_nothing(tiny_model_dir):
 @pytest.mark.parametrize("layout", ["shared", "separate"])
 def test_step0_invariants(tiny_model_dir, prompts_file, layout):
     """LoRA B starts at zero and dropout is off: policy = reference exactly, values exactly 0."""
-    cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}")
+    # scoring passes 8 rows at once, the update 2: the rows' numbers must not depend on the rows beside them
+    cfg = make_cfg(
+        tiny_model_dir, prompts_file, f"model.roles={layout}", "train.micro_batch_size=2", "train.scoring_batch_size=8"
+    )
     setup = load_setup(cfg)
     g = torch.Generator().manual_seed(0)
     rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
@@ -113,7 +116,7 @@ def test_step0_invariants(tiny_model_dir, prompts_file, layout):
     assert torch.equal(scored.logprobs[mask], scored.ref_logprobs[mask])  # KL = 0 exactly
     assert torch.equal(scored.values, torch.zeros_like(scored.values))
     assert entropy > 0
-    fresh, _ = response_logprobs(setup.roles.actor(), scored, 1.0)
+    fresh = torch.cat([response_logprobs(setup.roles.actor(), micro, 1.0)[0] for micro in scored.chunks(2)])
     assert torch.equal(fresh, scored.logprobs)  # ratio = 1, approx-KL = 0 exactly
     _, stats = ppo_policy_loss(fresh, scored.logprobs, torch.randn(mask.shape), mask)
     assert stats["ratio"].item() == 1.0 and stats["approxkl"].item() == 0.0 and stats["clipfrac"].item() == 0.0
@@ -149,3 +152,81 @@ def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_f
     assert all(b.abs().sum() > 0 for b in big), "every LoRA weight of both adapters and the head gets a gradient"
     for b, s in zip(big, small):
         torch.testing.assert_close(s, b, atol=1e-6, rtol=0)
+
+
+def test_scoring_rows_per_pass_change_no_number(tiny_model_dir, prompts_file):
+    """train.scoring_batch_size (rows per pass; 3 is rounded down to 2, a whole micro-batch) and rows_at_once (rows
+    per log-softmax) are speed knobs only."""
+    results = []
+    for size in (2, 3, 8):
+        cfg = make_cfg(tiny_model_dir, prompts_file, "train.micro_batch_size=2", f"train.scoring_batch_size={size}")
+        setup = load_setup(cfg)
+        g = torch.Generator().manual_seed(0)
+        rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+        results.append(score_rollout(setup, replace(rollout, scores=torch.randn(8)), cfg))
+    (first, first_entropy), *others = results
+    for scored, entropy in others:
+        for field in ("response_ids", "logprobs", "ref_logprobs", "values"):
+            assert torch.equal(getattr(scored, field), getattr(first, field)), field
+        assert entropy == pytest.approx(first_entropy, rel=1e-6)  # a sum over chunks, so up to rounding
+    model = load_setup(make_cfg(tiny_model_dir, prompts_file)).roles.actor()
+    whole, whole_entropy = response_logprobs(model, first, 1.3, with_entropy=True)
+    parts, parts_entropy = response_logprobs(model, first, 1.3, with_entropy=True, rows_at_once=3)
+    assert torch.equal(whole, parts) and torch.equal(whole_entropy, parts_entropy)
+
+
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, prompts_file, layout):
+    """train.activation_checkpointing recomputes the blocks in backward: the same gradients, fewer saved tensors."""
+    grads, saved = [], []
+    for on in (False, True):
+        cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={on}")
+        torch.manual_seed(0)  # the same LoRA initialisation both times
+        setup = load_setup(cfg)
+        g = torch.Generator().manual_seed(0)
+        rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+        rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
+        rollout, _ = ppo_advantages(rollout, cfg, 0.05)
+        params = setup.roles.trainable_parameters()
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        count = [0]
+
+        def pack(t, count=count):
+            count[0] += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 6)
+        grads.append(_grads(params))
+        saved.append(count[0])
+    assert all(g.abs().sum() > 0 for g in grads[0])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
+    assert saved[1] < 0.5 * saved[0], saved  # counted outside the recomputation: what stays alive until backward
+
+
+def test_reserved_kv_cache_samples_what_the_default_cache_samples(tiny_model_dir, prompts_file, monkeypatch):
+    """rollout.kv_cache reserves each layer's room up front; tokens and logprobs stay exactly the same."""
+    import rlhflab.rollout as rollout_module
+
+    cfg = make_cfg(tiny_model_dir, prompts_file, "rollout.max_new_tokens=12")
+    setup = load_setup(cfg)
+    runs, reserved = [], rollout_module.kv_cache
+    for cache in (reserved, lambda capacity: rollout_module.DynamicCache()):
+        monkeypatch.setattr(rollout_module, "kv_cache", cache)
+        ids, mask = tokenize_prompts(setup.tokenizer, PROMPTS * 2, 32, setup.device)
+        g = torch.Generator().manual_seed(3)
+        runs.append(generate(setup.roles.actor(), ids, mask, 12, setup.tokenizer.eos_token_id, 1, g))
+    (tokens, logprobs), (plain_tokens, plain_logprobs) = runs
+    assert tokens.shape[1] > 1
+    assert torch.equal(tokens, plain_tokens) and torch.equal(logprobs, plain_logprobs)
+    cache = reserved(5)
+    if rollout_module.DynamicLayer is not None:  # transformers 5
+        keys = torch.randn(2, 3, 4, 8)
+        cache.update(keys, -keys, 0)
+        k, v = cache.update(keys[:, :, :1], keys[:, :, :1], 0)
+        assert torch.equal(k, torch.cat([keys, keys[:, :, :1]], dim=2)) and cache.get_seq_length() == 5
+        with pytest.raises(AssertionError, match="reserved 5"):
+            cache.update(keys[:, :, :1], keys[:, :, :1], 0)

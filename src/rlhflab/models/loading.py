@@ -116,3 +116,31 @@ def merge_adapter(base: torch.nn.Module, adapter: str, key: str = "model.sft_ada
     except (OSError, ValueError) as err:
         raise _load_error(adapter, key, err) from err
     return merged.eval()
+
+
+def transformer_blocks(model: torch.nn.Module, key: str) -> list[torch.nn.Module]:
+    """The model's transformer blocks: instances of the classes it names in ``_no_split_modules`` (Hugging Face
+    models do). ``key`` is the config option that needs them, for the error when a model names none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise UserError(
+            f"{key}: {type(base).__name__} names no transformer block classes (_no_split_modules), so rlhflab "
+            f"cannot find its blocks; train it without {key}"
+        )
+    return blocks
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Activation checkpointing: in a pass with gradients, each transformer block keeps only its inputs and
+    recomputes its activations during backward (one more forward per block; the saved activations of a
+    micro-batch shrink to one hidden state per block). Same numbers: the recomputation is the same computation."""
+    for block in transformer_blocks(model, "train.activation_checkpointing"):
+
+        def forward(*args, _forward=block.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
+from rlhflab.models.loading import checkpoint_activations
 from rlhflab.rollout import Rollout, position_ids
 
 POLICY, CRITIC = "default", "critic"
@@ -77,6 +78,9 @@ class Roles:
             self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
+        if cfg.train.activation_checkpointing:  # the models that run with gradients (never the reference)
+            for model in {id(m): m for m in (self.policy, self.critic) if m is not None}.values():
+                checkpoint_activations(model)
         self.policy.set_adapter(POLICY)
         self.set_dropout(cfg.train.dropout)
         self.sharded = False
@@ -137,7 +141,9 @@ class Roles:
         self.critic.set_adapter(CRITIC)
         mask = rollout.attention_mask
         backbone = self.critic.get_base_model().base_model  # GPTNeoXModel etc.: hidden states, no LM head
-        inputs = dict(input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask))
+        inputs = dict(
+            input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
+        )
         if self.sharded:
             hidden = self._backbone_through_root(backbone, inputs)
         else:
