@@ -60,11 +60,13 @@ def test_overrides_are_typed():
         ("rollout.samples_per_prompt=3", "divisible by rollout.samples_per_prompt (3)"),
         ("train.lr=-1", "train.lr: must be > 0"),
         ("model.roles=both", "choose one of shared, separate"),
+        ("train.scoring_batch_size=0", "train.scoring_batch_size: must be a positive integer"),
+        ("train.activation_checkpointing=true,distributed.fsdp=true", "not supported together with distributed.fsdp"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(UserError) as err:
-        build_config(preset="demo-ppo", overrides=[override])
+        build_config(preset="demo-ppo", overrides=override.split(","))
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
 
