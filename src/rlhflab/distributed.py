@@ -33,6 +33,7 @@ import torch
 import torch.distributed as tdist
 
 from rlhflab.errors import UserError
+from rlhflab.models.loading import transformer_blocks
 
 
 def launched_rank() -> int:
@@ -245,8 +246,6 @@ def shard_model(model: torch.nn.Module, replicated: set[torch.nn.Parameter], dev
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    from rlhflab.models.loading import transformer_blocks
 
     blocks = transformer_blocks(model, "distributed.fsdp")
     mesh = init_device_mesh(device.type, (tdist.get_world_size(),))

@@ -177,7 +177,6 @@ if DynamicLayer is not None:
         def __init__(self, capacity: int):
             super().__init__()
             self.capacity = capacity
-            self.length = 0
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
             if not self.is_initialized:  # (B, heads, capacity, head_dim) buffers
@@ -185,11 +184,11 @@ if DynamicLayer is not None:
                 size = (*key_states.shape[:2], self.capacity)
                 self.key_buffer = key_states.new_empty(*size, key_states.shape[-1])
                 self.value_buffer = value_states.new_empty(*size, value_states.shape[-1])
-            end = self.length + key_states.shape[-2]
+            start = self.get_seq_length()
+            end = start + key_states.shape[-2]
             assert end <= self.capacity, f"KV cache reserved {self.capacity} positions, got {end}"
-            self.key_buffer[:, :, self.length : end] = key_states
-            self.value_buffer[:, :, self.length : end] = value_states
-            self.length = end
+            self.key_buffer[:, :, start:end] = key_states
+            self.value_buffer[:, :, start:end] = value_states
             self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
             return self.keys, self.values
 
