@@ -16,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
+import torch  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # noqa: E402
 
@@ -85,6 +86,7 @@ def report(name: str, settings: dict, step_seconds: list[float], peak_rss: int, 
         "step_seconds": sum(measured) / len(measured),
         "measured_steps": f"{2 if len(step_seconds) > 1 else 1}..{len(step_seconds)}",
         "peak_rss_bytes": peak_rss,
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
     print(
         f"{name}: {out['step_seconds']:.2f} s per rollout step (mean of steps {out['measured_steps']}; each "

@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=2)
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU, still fp32")
     args = p.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"trl-{args.algo}-"))
     model_dir, prompts = build_assets(args.shape, workdir)
@@ -64,7 +65,7 @@ def main() -> None:
         lr_scheduler_type="cosine",
         max_steps=args.steps * ITERATIONS,
         disable_dropout=True,
-        **RUN_ARGS,
+        **{**RUN_ARGS, "use_cpu": args.device == "cpu"},
     )
     if args.algo == "grpo":
         config, trainer_cls = GRPOConfig(**common, loss_type="dapo", scale_rewards="group"), GRPOTrainer
@@ -84,7 +85,14 @@ def main() -> None:
     )
     trainer.train()
     per_rollout = [sum(timer.times[i : i + ITERATIONS]) for i in range(0, len(timer.times), ITERATIONS)]
-    settings = {"shape": args.shape, "batch": args.batch, "k": args.k, "micro": args.micro, "new_tokens": 48}
+    settings = {
+        "device": args.device,
+        "shape": args.shape,
+        "batch": args.batch,
+        "k": args.k,
+        "micro": args.micro,
+        "new_tokens": 48,
+    }
     report(f"trl-1.11 {trainer_cls.__name__}", settings, per_rollout, peak_rss_bytes(), args.json)
 
 

@@ -53,7 +53,7 @@ def patch_get_reward():
         if not isinstance(model, VaderRewardModel):
             return original(model, query_responses, pad_token_id, context_length)
         texts = model.tokenizer.batch_decode(query_responses[:, context_length:], skip_special_tokens=True)
-        return None, torch.tensor(vader(texts), dtype=torch.float32), None
+        return None, torch.tensor(vader(texts), dtype=torch.float32, device=query_responses.device), None
 
     ppo_module.get_reward = get_reward
 
@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=2)
     p.add_argument("--workdir", default=None, help="where the model is built (default: a temporary folder)")
     p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU, still fp32")
     args = p.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="trl-ppo-"))
     model_dir, prompts = build_assets(args.shape, workdir)
@@ -108,7 +109,7 @@ def main() -> None:
         whiten_rewards=False,
         num_sample_generations=0,
         missing_eos_penalty=None,
-        **RUN_ARGS,
+        **{**RUN_ARGS, "use_cpu": args.device == "cpu"},
     )
     patch_get_reward()
     timer = StepTimer()
@@ -126,7 +127,14 @@ def main() -> None:
         callbacks=[timer],
     )
     trainer.train()
-    settings = {"shape": args.shape, "batch": args.batch, "micro": args.micro, "new_tokens": 48, "ppo_epochs": 4}
+    settings = {
+        "device": args.device,
+        "shape": args.shape,
+        "batch": args.batch,
+        "micro": args.micro,
+        "new_tokens": 48,
+        "ppo_epochs": 4,
+    }
     report("trl-1.11 PPOTrainer", settings, timer.times, peak_rss_bytes(), args.json)
 
 

@@ -223,7 +223,8 @@ def response_logprobs(
     """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T)).
 
     ``rows_at_once`` bounds the (rows, T, V) temporaries of the log-softmax and entropy: the whole batch goes
-    through the model in one pass, its logits are reduced that many rows at a time (same numbers, row by row)."""
+    through the model in one pass, its logits are reduced that many rows at a time (same numbers, row by row).
+    The entropy is a metric: computed without gradients, it keeps no (B, T, V) temporaries for a backward."""
     logits = forward_logits(model, rollout)  # (B, T, V)
     rows = rows_at_once or len(rollout)
     logprobs, entropy = [], []
@@ -231,5 +232,6 @@ def response_logprobs(
         part = logits[start : start + rows]  # (b, T, V)
         logprobs.append(logprobs_from_logits(part, rollout.response_ids[start : start + rows], temperature))
         if with_entropy:
-            entropy.append(entropy_from_logits(part, temperature))
+            with torch.no_grad():
+                entropy.append(entropy_from_logits(part, temperature))
     return torch.cat(logprobs), torch.cat(entropy) if with_entropy else None

@@ -177,29 +177,43 @@ def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor
 
 
 @torch.no_grad()
-def score_rollout(setup: Setup, rollout: Rollout, cfg: Config, with_values: bool = True) -> tuple[Rollout, float]:
+def score_rollout(
+    setup: Setup, rollout: Rollout, cfg: Config, with_values: bool = True, with_logprobs: bool = True
+) -> tuple[Rollout, float | None]:
     """Old logprobs, reference logprobs and values, ``train.scoring_batch_size`` rows per pass (their logits
-    reduced ``train.micro_batch_size`` rows at a time); also the policy's mean token entropy."""
+    reduced ``train.micro_batch_size`` rows at a time); also the policy's mean token entropy. Without
+    ``with_logprobs`` (see :func:`old_logprobs_from_update`) the old logprobs and the entropy stay None."""
     roles, temperature, head_rows = setup.roles, cfg.rollout.temperature, cfg.train.micro_batch_size
     # whole micro-batches per pass, reduced micro-batch by micro-batch: every reduction sees the shapes the update's
     # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0)
     chunks = list(rollout.chunks(max(1, cfg.train.scoring_batch_size // head_rows) * head_rows))
     # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
     logprobs, entropy_sum, actor = [], 0.0, roles.actor()
-    for chunk in chunks:
+    for chunk in chunks if with_logprobs else []:
         lp, ent = response_logprobs(actor, chunk, temperature, with_entropy=True, rows_at_once=head_rows)
         logprobs.append(lp)
         entropy_sum += masked_sum(ent, chunk.response_mask).item()
     with roles.reference_model() as reference:
         ref_logprobs = [response_logprobs(reference, c, temperature, rows_at_once=head_rows)[0] for c in chunks]
     values = [roles.values(chunk, cfg.critic.granularity) for chunk in chunks] if with_values else []
-    entropy = entropy_sum / rollout.response_mask.sum().item()
     return replace(
         rollout,
-        logprobs=torch.cat(logprobs),
+        logprobs=torch.cat(logprobs) if with_logprobs else None,
         ref_logprobs=torch.cat(ref_logprobs),
         values=torch.cat(values) if with_values else None,
-    ), entropy
+    ), entropy_sum / rollout.response_mask.sum().item() if with_logprobs else None
+
+
+def old_logprobs_from_update(cfg: Config) -> bool:
+    """Whether the update's first epoch measures the old logprobs instead of a scoring pass.
+
+    GRPO needs them only inside its loss (its KL term is in the loss, not in the rewards or advantages). With one
+    minibatch per epoch and dropout off, every micro-batch of the first epoch runs at the sampling parameters, so
+    its own detached logprobs are the numbers a scoring pass would give (bit for bit: same shapes, no noise);
+    taking them saves one no-grad policy pass over the batch. PPO and RLOO fold the KL into rewards before the
+    update, so they need the scoring pass."""
+    a = cfg.algorithm
+    return a.name == "grpo" and a.num_minibatches == 1 and not cfg.train.dropout
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,10 +229,18 @@ class NonFiniteUpdates(Exception):
 
 
 def accumulate_gradients(
-    setup: Setup, minibatch: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int, totals: dict
+    setup: Setup,
+    minibatch: Rollout,
+    cfg: Config,
+    num_tokens: torch.Tensor,
+    num_seqs: int,
+    max_len: int,
+    totals: dict,
+    measured: list | None = None,
 ) -> bool:
     """Forward + backward of one minibatch in micro-batches, gradients summed into ``.grad``; the stats are added
-    to ``totals``. Returns whether every micro-batch's loss was finite.
+    to ``totals``. Returns whether every micro-batch's loss was finite. A minibatch without old logprobs has each
+    micro-batch's measured ``(old_logprobs, entropy_sum)`` appended to ``measured`` (see :func:`update`).
 
     ``num_tokens`` / ``num_seqs`` / ``max_len`` normalise the loss: the minibatch's own for one process; under data
     parallelism those of the global minibatch (all processes), so this process's loss is its partial sum of the
@@ -227,6 +249,8 @@ def accumulate_gradients(
     loss_finite = True
     for micro in minibatch.chunks(cfg.train.micro_batch_size):
         stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, max_len)
+        if "old_logprobs" in stats:
+            measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
         weight = (micro.response_mask.sum() / num_tokens).item()
         loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
         for key, value in stats.items():
@@ -245,8 +269,10 @@ def update(
     generator,
     skips: dict,
     dist: Dist = SINGLE,
-) -> dict:
+) -> tuple[dict, Rollout]:
     """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step.
+    Returns the stats and the rollout, whose old logprobs the first epoch fills in when it has none (GRPO, see
+    :func:`old_logprobs_from_update`; the stats then hold the policy's mean token entropy, ``objective/entropy``).
 
     An update whose loss or gradient is not finite is skipped (the scheduler still advances) and counted in
     ``skips``; ``train.max_nonfinite_in_a_row`` of them in a row raise :class:`NonFiniteUpdates`.
@@ -258,6 +284,10 @@ def update(
     max_len = dist.max_int(rollout.response_ids.shape[1])  # seq_sum_constant's length: the longest process's T
     totals: dict[str, float] = {}
     grad_norms = []
+    measured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (old logprobs (b, T), entropy sum) per micro-batch
+    entropy = None
+    if rollout.logprobs is None and a.num_minibatches != 1:
+        raise ValueError("the first epoch can stand in for the old logprobs only with algorithm.num_minibatches=1")
     for _epoch in range(a.ppo_epochs):
         order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
         for rows in order.split(minibatch_size):
@@ -265,8 +295,14 @@ def update(
             num_tokens = dist.sum(minibatch.response_mask.sum())  # all processes' tokens of this minibatch
             optimizer.zero_grad(set_to_none=True)
             loss_finite = accumulate_gradients(
-                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, max_len, totals
+                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, max_len, totals, measured
             )
+            if measured:  # the first epoch measured every row's old logprobs at the sampling parameters
+                old_logprobs = torch.empty_like(rollout.response_ids, dtype=measured[0][0].dtype)  # (B, T)
+                old_logprobs[rows] = torch.cat([logprobs for logprobs, _ in measured])
+                rollout = replace(rollout, logprobs=old_logprobs)
+                entropy = sum(entropy_sum for _, entropy_sum in measured).item() / rollout.response_mask.sum().item()
+                measured = []
             loss_finite = dist.all_reduce_gradients(params, loss_finite)  # Σ over processes = global gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             if loss_finite and torch.isfinite(grad_norm):
@@ -285,7 +321,9 @@ def update(
     out = {key: value / updates for key, value in totals.items()}
     out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     out["train/skipped_steps"] = skips["total"]
-    return out
+    if entropy is not None:
+        out["objective/entropy"] = entropy
+    return out, rollout
 
 
 def reduce_metrics(metrics: dict, dist: Dist, tokens: int, global_keys) -> dict:
@@ -421,15 +459,22 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             scores, components = reward(prompts, completions)
             rollout = replace(rollout, scores=scores.to(device))
             judged = time.perf_counter()
-            # 3. old logprobs, reference logprobs, values (no gradients)
-            rollout, entropy = score_rollout(setup, rollout, cfg, with_values=roles.critic is not None)
+            # 3. old logprobs (GRPO: from the update's first epoch), reference logprobs, values (no gradients)
+            from_update = old_logprobs_from_update(cfg)  # GRPO: the update's first epoch measures them
+            rollout, entropy = score_rollout(
+                setup, rollout, cfg, with_values=roles.critic is not None, with_logprobs=not from_update
+            )
             scored = time.perf_counter()
             # 4. advantages: GAE over per-token rewards (PPO) or per-sequence baselines (RLOO, GRPO)
             kl_coef = kl_ctl.value
             rollout, adv_stats = ADVANTAGES[a.name](rollout, cfg, kl_coef, dist=dist)
             # 5. K epochs × M minibatches of the clipped policy loss (+ clipped value loss for PPO)
             try:
-                update_stats = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist)
+                update_stats, rollout = update(
+                    setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist
+                )
+                if from_update:  # this process's rows only: reduce_metrics weighs it like the scoring pass's
+                    entropy = update_stats.pop("objective/entropy")
             except NonFiniteUpdates as err:
                 trackers.close()
                 last = latest_checkpoint(run_dir)

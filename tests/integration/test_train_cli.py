@@ -200,3 +200,35 @@ def test_group_algorithms_need_several_samples_per_prompt():
 
     with pytest.raises(UserError, match="rollout.samples_per_prompt: grpo compares samples of one prompt"):
         build_config(preset="demo-grpo", overrides=["rollout.samples_per_prompt=1"])
+
+
+def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prompts_file, tmp_path, monkeypatch):
+    """GRPO takes its old logprobs from the update's first epoch instead of a scoring pass: the run (every metric,
+    the final adapter) equals one with the scoring pass bit for bit, and it makes fewer policy forward passes."""
+    import rlhflab.rollout
+    import rlhflab.train
+
+    calls = []
+    forward_logits = rlhflab.rollout.forward_logits
+    monkeypatch.setattr(rlhflab.rollout, "forward_logits", lambda *a: calls.append(1) or forward_logits(*a))
+
+    def run(name, **patch):
+        monkeypatch.setattr(rlhflab.train, "old_logprobs_from_update", lambda cfg: patch.get("defer", True))
+        calls.clear()
+        sets = ["algorithm.name=grpo", "rollout.samples_per_prompt=4", "algorithm.ppo_epochs=2", "train.lr=5e-3"]
+        argv = train_argv(tiny_model_dir, prompts_file, tmp_path / name, *[x for s in sets for x in ("--set", s)])
+        assert main(argv + ["--set", "eval.enabled=false"]) == 0
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        timeless = [{k: v for k, v in row.items() if not k.startswith(("time/", "perf/"))} for row in rows]
+        return timeless, load_file(str(tmp_path / name / "final" / "adapter_model.safetensors")), len(calls)
+
+    deferred, deferred_weights, deferred_calls = run("deferred", defer=True)
+    scored, scored_weights, scored_calls = run("scored", defer=False)
+    # the entropy's token sum runs per micro-batch instead of per scoring pass: equal up to summation order
+    entropies = [(d.pop("objective/entropy"), s.pop("objective/entropy")) for d, s in zip(deferred, scored)]
+    assert all(d > 0 and d == pytest.approx(s, rel=1e-6) for d, s in entropies)
+    assert deferred == scored
+    assert deferred_weights.keys() == scored_weights.keys()
+    assert all(torch.equal(deferred_weights[k], scored_weights[k]) for k in scored_weights)
+    # per step, 8 rows: one scoring forward (8 rows per pass) fewer; generation and the rest are the same
+    assert scored_calls - deferred_calls == 2

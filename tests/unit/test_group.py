@@ -58,3 +58,20 @@ def test_grpo_without_scale_only_centres():
     mask = torch.ones(4, 1, dtype=torch.bool)
     out, _ = group_advantages(rollout_with([1.0, 2.0, 3.0, 6.0], torch.zeros(4, 1), torch.zeros(4, 1), mask), cfg, 0.0)
     assert out.advantages.flatten().tolist() == pytest.approx([-2.0, -1.0, 0.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "expected"),
+    [
+        ("imdb-pythia-410m-grpo", [], True),
+        ("demo-grpo", ["algorithm.num_minibatches=1"], True),
+        ("demo-grpo", [], False),  # 2 minibatches: the second runs at new parameters
+        ("imdb-pythia-410m-grpo", ["train.dropout=true"], False),  # the update's noise would become the old ones
+        ("demo-rloo", [], False),  # RLOO's KL is in the reward, needed before the update
+        ("demo-ppo", [], False),  # so is PPO's
+    ],
+)
+def test_old_logprobs_from_the_first_epoch_only_where_they_are_the_same_numbers(preset, overrides, expected):
+    from rlhflab.train import old_logprobs_from_update
+
+    assert old_logprobs_from_update(build_config(preset=preset, overrides=overrides)) is expected

@@ -16,7 +16,7 @@ from rlhflab.algorithms.losses import grpo_loss, ppo_policy_loss
 from rlhflab.config import Config
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.models.roles import Roles
-from rlhflab.ops import masked_mean, masked_whiten
+from rlhflab.ops import masked_mean, masked_sum, masked_whiten
 from rlhflab.rollout import Rollout, response_logprobs
 
 
@@ -58,9 +58,15 @@ def every_row(x: torch.Tensor) -> torch.Tensor:
 def group_micro_step(
     roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int
 ) -> dict[str, torch.Tensor]:
-    """Clipped surrogate with per-sequence advantages (+ β·k3 per token for GRPO); backpropagated at once."""
+    """Clipped surrogate with per-sequence advantages (+ β·k3 per token for GRPO); backpropagated at once.
+
+    A micro-batch without old logprobs runs at the sampling parameters (GRPO's first epoch, see
+    ``train.old_logprobs_from_update``): its own detached logprobs are the old ones (ratio = 1), and they come back
+    as ``old_logprobs`` (b, T) with ``entropy_sum``, the summed entropy of its response tokens."""
     a = cfg.algorithm
-    logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
+    first_epoch = micro.logprobs is None
+    logprobs, entropy = response_logprobs(roles.actor(), micro, cfg.rollout.temperature, with_entropy=first_epoch)
+    old_logprobs = logprobs.detach() if first_epoch else micro.logprobs  # (b, T)
     common = dict(
         clip_eps=a.clip_eps,
         clip_eps_high=a.clip_eps_high,
@@ -72,12 +78,14 @@ def group_micro_step(
     advantages = micro.advantages[:, 0]  # (b,)
     if a.name == "grpo":
         loss, stats = grpo_loss(
-            logprobs, micro.logprobs, micro.ref_logprobs, advantages, micro.response_mask, kl_coef=a.kl_coef, **common
+            logprobs, old_logprobs, micro.ref_logprobs, advantages, micro.response_mask, kl_coef=a.kl_coef, **common
         )
     else:
-        loss, stats = ppo_policy_loss(logprobs, micro.logprobs, advantages, micro.response_mask, **common)
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, micro.response_mask, **common)
     loss.backward()
     out = {"loss/policy": loss.detach(), **{f"policy/{k}": v for k, v in stats.items() if k != "kl"}}
     if "kl" in stats:
         out["policy/k3_kl"] = stats["kl"]
+    if first_epoch:
+        out["old_logprobs"], out["entropy_sum"] = old_logprobs, masked_sum(entropy, micro.response_mask)
     return out
