@@ -75,3 +75,13 @@ def test_old_logprobs_from_the_first_epoch_only_where_they_are_the_same_numbers(
     from rlhflab.train import old_logprobs_from_update
 
     assert old_logprobs_from_update(build_config(preset=preset, overrides=overrides)) is expected
+
+
+def test_update_refuses_to_measure_old_logprobs_over_several_minibatches():
+    """Past the first minibatch the parameters have moved: its logprobs are no longer the sampling policy's."""
+    from rlhflab.train import update
+
+    cfg = build_config(preset="demo-grpo")  # 2 minibatches per epoch
+    rollout = rollout_with([1.0, 0.0], None, None, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="num_minibatches=1"):
+        update(None, rollout, cfg, None, None, [], torch.Generator(), {"total": 0, "in_a_row": 0})
