@@ -460,7 +460,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             rollout = replace(rollout, scores=scores.to(device))
             judged = time.perf_counter()
             # 3. old logprobs (GRPO: from the update's first epoch), reference logprobs, values (no gradients)
-            from_update = old_logprobs_from_update(cfg)  # GRPO: the update's first epoch measures them
+            from_update = old_logprobs_from_update(cfg)
             rollout, entropy = score_rollout(
                 setup, rollout, cfg, with_values=roles.critic is not None, with_logprobs=not from_update
             )
