@@ -30,7 +30,8 @@ def main() -> None:
                 torch.nn.functional.linear(x, w)
                 times.append(time.perf_counter() - start)
             t = statistics.median(times)
-            print(f"rows {rows:4d}  {name:8s} ({k} -> {n}): {t * 1e3:8.2f} ms  {2 * rows * k * n / t / 1e9:6.1f} GFLOP/s")
+            rate = 2 * rows * k * n / t / 1e9
+            print(f"rows {rows:4d}  {name:8s} ({k} -> {n}): {t * 1e3:8.2f} ms  {rate:6.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
