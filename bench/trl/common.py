@@ -38,6 +38,22 @@ def build_assets(shape: str, out: Path) -> tuple[Path, list[str]]:
     return model_dir, prompts
 
 
+def value_model(model_dir: Path, pad_token_id: int):
+    """TRL's PPO critic at rlhflab's settings: a second copy of the base as a sequence classifier, base frozen, LoRA
+    r 16 on query_key_value and a trainable, zero-initialised score head."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = pad_token_id
+    model.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=CRITIC_TARGETS), model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name or name.startswith("score"))
+    torch.nn.init.zeros_(model.score.weight)
+    return model
+
+
 def load_tokenizer(model_dir: Path):
     """Left padding; pad = <|padding|> (id 1), never EOS, exactly as rlhflab loads it."""
     tok = AutoTokenizer.from_pretrained(model_dir)

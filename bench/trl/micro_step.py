@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import CRITIC_TARGETS, LORA_TARGETS, build_assets
-from peft import LoraConfig, get_peft_model, inject_adapter_in_model
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from common import LORA_TARGETS, build_assets, value_model
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper
 from trl.experimental.ppo.ppo_trainer import forward as trl_forward
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax
@@ -62,16 +62,11 @@ def main() -> None:
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
         LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
     )
-    value_model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
-    value_model.requires_grad_(False)
-    critic_lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=CRITIC_TARGETS)
-    inject_adapter_in_model(critic_lora, value_model)
-    for name, param in value_model.named_parameters():
-        param.requires_grad_("lora_" in name or name.startswith("score"))
-    disable_dropout_in_model(policy)
-    disable_dropout_in_model(value_model)
-    wrapper = PolicyAndValueWrapper(policy, value_model).train()
     pad = setup.tokenizer.pad_token_id
+    critic = value_model(model_dir, pad)
+    disable_dropout_in_model(policy)
+    disable_dropout_in_model(critic)
+    wrapper = PolicyAndValueWrapper(policy, critic).train()
     query_responses = torch.where(rollout.attention_mask, rollout.input_ids, pad)
     context = ids.shape[1]
 

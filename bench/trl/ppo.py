@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_module
 from common import (
-    CRITIC_TARGETS,
     LORA_TARGETS,
     RUN_ARGS,
     StepTimer,
@@ -30,10 +29,11 @@ from common import (
     peak_rss_bytes,
     report,
     vader,
+    value_model,
 )
 from datasets import Dataset
-from peft import LoraConfig, inject_adapter_in_model
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 
@@ -74,15 +74,7 @@ def main() -> None:
     torch.manual_seed(42)
 
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    value_model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
-    value_model.config.pad_token_id = tok.pad_token_id
-    value_model.requires_grad_(False)
-    inject_adapter_in_model(
-        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=CRITIC_TARGETS), value_model
-    )
-    for name, param in value_model.named_parameters():
-        param.requires_grad_("lora_" in name or name.startswith("score"))
-    torch.nn.init.zeros_(value_model.score.weight)
+    critic = value_model(model_dir, tok.pad_token_id)
 
     n_prompts = args.batch * (args.steps + 1)
     dataset = Dataset.from_dict({"input_ids": [tok(prompts[i % len(prompts)])["input_ids"] for i in range(n_prompts)]})
@@ -120,7 +112,7 @@ def main() -> None:
         ref_model=None,
         reward_model=VaderRewardModel(tok),
         train_dataset=dataset,
-        value_model=value_model,
+        value_model=critic,
         peft_config=LoraConfig(
             r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
         ),

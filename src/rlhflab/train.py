@@ -445,6 +445,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
         start_step = resume_state(run_dir, roles, stateful, sample_gen, shuffle_gen, skips, dist, cfg.seed)
     trackers = Trackers(cfg, run_dir, t.steps, start_step, main_process=dist.is_main)
     prompts_per_step = r.batch_size // r.samples_per_prompt  # global; each process takes its share
+    from_update = old_logprobs_from_update(cfg)  # GRPO: the update's first epoch measures the old logprobs
 
     with StopRequest() as stop:
         for step in range(start_step + 1, t.steps + 1):
@@ -460,7 +461,6 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             rollout = replace(rollout, scores=scores.to(device))
             judged = time.perf_counter()
             # 3. old logprobs (GRPO: from the update's first epoch), reference logprobs, values (no gradients)
-            from_update = old_logprobs_from_update(cfg)
             rollout, entropy = score_rollout(
                 setup, rollout, cfg, with_values=roles.critic is not None, with_logprobs=not from_update
             )
