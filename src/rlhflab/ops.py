@@ -94,11 +94,47 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
 
     ``log p(y_t) = z_{t, y_t} − logsumexp_v z_{t, v}`` with ``z = logits / temperature``.
     logits (B, T, V), tokens (B, T) → (B, T), in fp32 (or fp64 for fp64 logits).
-    Computed as gather − logsumexp so no ``(B, T, V)`` log-softmax is materialised.
+    Computed as gather − logsumexp so no ``(B, T, V)`` log-softmax is materialised; the backward writes the
+    gradient into one ``(B, T, V)`` buffer (see :class:`_TokenLogprobs`).
     """
-    lse = _in_fp32_rows(lambda z: torch.logsumexp(_scaled(z, temperature), dim=-1), logits)
-    gathered = _scaled(logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(lse.dtype), temperature)
-    return gathered - lse
+    return _TokenLogprobs.apply(logits, tokens, temperature)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """:func:`logprobs_from_logits` with a frugal backward. Autograd's backward of gather − logsumexp holds four
+    ``(B, T, V)`` temporaries at once (softmax, its product with the gradient, the scattered one-hot, their sum);
+    this one builds ``∂/∂logits = (onehot(y) − softmax(z)) · g / τ`` in place in one buffer (measured at the
+    Pythia-410m shape: −55 MiB at the peak of a policy micro-step of 2 rows, the same gradients)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        lse = _in_fp32_rows(lambda z: torch.logsumexp(_scaled(z, temperature), dim=-1), logits)  # (B, T)
+        picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(lse.dtype)  # (B, T)
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature = temperature
+        return _scaled(picked, temperature) - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # grad (B, T)
+        logits, tokens, lse = ctx.saved_tensors
+        temperature = ctx.temperature
+        scaled_grad = (grad / temperature).to(lse.dtype).unsqueeze(-1)  # (B, T, 1): g / τ
+
+        def logits_grad(z, tok, row_lse, g):  # z (.., V) in lse's precision; a new buffer, z is not touched
+            out = torch.sub(z, row_lse.unsqueeze(-1), alpha=temperature)  # z − τ·lse
+            if temperature != 1.0:
+                out.div_(temperature)  # z / τ − lse = log softmax(z / τ)
+            out.exp_().mul_(-g)  # −softmax · g / τ
+            return out.scatter_add_(-1, tok.unsqueeze(-1), g)  # + onehot(y) · g / τ
+
+        if logits.dtype == lse.dtype:
+            return logits_grad(logits, tokens, lse, scaled_grad), None, None
+        # low precision: one fp32 (T, V) row at a time, as in the forward
+        out = torch.empty_like(logits)
+        for b in range(logits.shape[0]):
+            out[b] = logits_grad(logits[b].to(lse.dtype), tokens[b], lse[b], scaled_grad[b])
+        return out, None, None
 
 
 def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -159,6 +159,53 @@ def test_logprobs_low_precision_matches_fp32_reference():
         torch.testing.assert_close(out, ref32, atol=0.1, rtol=0)
 
 
+def test_logprobs_gradient_hand_computed():
+    # softmax([0, 0, ln2]) = [1/4, 1/4, 1/2]; d log p(2) / d z = onehot(2) − p = [−1/4, −1/4, 1/2], times g = 3
+    logits = torch.tensor([[[0.0, 0.0, math.log(2)]]], dtype=F64, requires_grad=True)
+    (3.0 * logprobs_from_logits(logits, torch.tensor([[2]]))).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.tensor([[[-0.75, -0.75, 1.5]]], dtype=F64), atol=1e-15, rtol=0)
+    # temperature 2 divides the gradient by 2: softmax([0, 0, ln2 / 2]) = [1, 1, √2] / (2 + √2), token 0
+    logits.grad = None
+    logprobs_from_logits(logits, torch.tensor([[0]]), temperature=2.0).sum().backward()
+    r2 = math.sqrt(2)
+    expected = torch.tensor([[[1 - 1 / (2 + r2), -1 / (2 + r2), -r2 / (2 + r2)]]], dtype=F64) / 2
+    torch.testing.assert_close(logits.grad, expected, atol=1e-15, rtol=0)
+
+
+def test_logprobs_gradient_matches_plain_loop_and_autograd():
+    torch.manual_seed(3)
+    big = torch.randn(3, 6, 9, dtype=F64) * 3
+    tokens = torch.randint(0, 9, (3, 5))
+    weights = torch.randn(3, 5, dtype=F64)  # a non-uniform upstream gradient
+    for temp in (1.0, 0.7):
+        # a non-contiguous slice, as the policy's logits are (forward_logits drops the last position)
+        leaf = big.clone().requires_grad_()
+        (logprobs_from_logits(leaf[:, :-1], tokens, temperature=temp) * weights).sum().backward()
+        ref_leaf = big.clone().requires_grad_()
+        ref = torch.log_softmax(ref_leaf[:, :-1] / temp, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        (ref * weights).sum().backward()
+        torch.testing.assert_close(leaf.grad, ref_leaf.grad, atol=1e-13, rtol=0)
+        loop = torch.zeros_like(big)  # (onehot(y) − softmax(z / τ)) · g / τ, one position at a time
+        for b in range(3):
+            for t in range(5):
+                z = big[b, t] / temp
+                p = [math.exp(v - math.log(sum(math.exp(u) for u in z.tolist()))) for v in z.tolist()]
+                for v in range(9):
+                    loop[b, t, v] = ((v == tokens[b, t].item()) - p[v]) * weights[b, t].item() / temp
+        torch.testing.assert_close(leaf.grad, loop, atol=1e-12, rtol=0)
+        torch.autograd.gradcheck(
+            lambda x, temp=temp: logprobs_from_logits(x, tokens, temperature=temp),
+            (big[:, :-1].clone().requires_grad_(),),
+        )
+    # fp32 logits get an fp32 gradient, equal to autograd's up to rounding
+    x32, ref32 = big.float().requires_grad_(), big.float().requires_grad_()
+    tokens6 = torch.randint(0, 9, (3, 6))
+    logprobs_from_logits(x32, tokens6).sum().backward()
+    torch.log_softmax(ref32, -1).gather(-1, tokens6[..., None]).sum().backward()
+    assert x32.grad.dtype == torch.float32
+    torch.testing.assert_close(x32.grad, ref32.grad, atol=1e-6, rtol=0)
+
+
 def test_logprobs_gradient_low_precision():
     torch.manual_seed(2)
     logits32 = torch.randn(2, 4, 13)
