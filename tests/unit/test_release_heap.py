@@ -31,3 +31,10 @@ def test_release_freed_heap_returns_the_holes():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
     released = int(out.stdout.strip().splitlines()[-1])
     assert released > 100 * 2**20  # of the 125 MiB freed (each hole loses its partial pages)
+
+
+@pytest.mark.skipif(not release_freed_heap(), reason="glibc only")
+def test_release_freed_heap_at_most_once_per_interval():
+    assert release_freed_heap()  # no interval: always
+    assert not release_freed_heap(min_interval=3600.0)  # the last one was just now
+    assert release_freed_heap(min_interval=0.0)
