@@ -1,15 +1,15 @@
-"""train.release_freed_heap: the pages of freed tensors go back to the OS (glibc keeps them otherwise)."""
+"""heap.release_freed_heap: the pages of freed tensors go back to the OS (glibc keeps them otherwise)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from rlhflab.train import release_freed_heap
+from rlhflab.heap import release_freed_heap
 
 SCRIPT = """
 import torch
-from rlhflab.train import release_freed_heap
+from rlhflab.heap import release_freed_heap
 
 def rss_anon():
     for line in open("/proc/self/status"):
