@@ -27,7 +27,6 @@ from rlhflab.config import Config, save_config
 from rlhflab.data.prompts import PromptSampler, read_prompts
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.errors import UserError
-from rlhflab.heap import release_freed_heap
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
@@ -252,8 +251,6 @@ def accumulate_gradients(
         stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, max_len)
         if "old_logprobs" in stats:
             measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
-        if micro.response_ids.device.type == "cpu":
-            release_freed_heap(min_interval=1.0)
         weight = (micro.response_mask.sum() / num_tokens).item()
         loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
         for key, value in stats.items():
