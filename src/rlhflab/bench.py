@@ -72,22 +72,25 @@ def pythia_source(opts: BenchOptions) -> Path:
 
 
 def build_model_dir(opts: BenchOptions, out: Path) -> Path:
-    """A random-weight model of the shape, saved with its tokenizer like a hub checkpoint."""
+    """A random-weight model of the shape, saved with its tokenizer like a hub checkpoint, in the run's dtype
+    (a bf16 run then maps bf16 weights, instead of converting fp32 ones and counting both in its peak memory)."""
     from transformers import AutoConfig, GPTNeoXForCausalLM
 
     from rlhflab.data.corpus import generate_reviews
+    from rlhflab.models.loading import DTYPES
     from rlhflab.models.tiny import build_tiny_model, tiny_config, train_tokenizer
 
+    dtype = DTYPES[opts.dtype]
     if opts.model_shape == "tiny":  # the demo model's shape (4 layers, width 128, ~2k BPE vocabulary)
         tokenizer = train_tokenizer([r.text for r in generate_reviews(2000, seed=0)], vocab_size=2048)
-        build_tiny_model(tiny_config(len(tokenizer)), seed=0).save_pretrained(out)
+        build_tiny_model(tiny_config(len(tokenizer)), seed=0).to(dtype).save_pretrained(out)
         tokenizer.save_pretrained(out)
         return out
     source = pythia_source(opts)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = GPTNeoXForCausalLM(AutoConfig.from_pretrained(source))
-    model.save_pretrained(out)
+    model.to(dtype).save_pretrained(out)
     del model
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (source / name).is_file():

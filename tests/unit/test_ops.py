@@ -178,7 +178,7 @@ def test_logprobs_gradient_matches_plain_loop_and_autograd():
     tokens = torch.randint(0, 9, (3, 5))
     weights = torch.randn(3, 5, dtype=F64)  # a non-uniform upstream gradient
     for temp in (1.0, 0.7):
-        # a non-contiguous slice, as the policy's logits are (forward_logits drops the last position)
+        # a non-contiguous slice: logits may come as a view
         leaf = big.clone().requires_grad_()
         (logprobs_from_logits(leaf[:, :-1], tokens, temperature=temp) * weights).sum().backward()
         ref_leaf = big.clone().requires_grad_()

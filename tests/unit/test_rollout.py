@@ -9,7 +9,7 @@ from rlhflab.algorithms.losses import ppo_policy_loss
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
 from rlhflab.config import build_config
 from rlhflab.models.loading import load_causal_lm, load_tokenizer
-from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
+from rlhflab.rollout import Rollout, forward_logits, generate, position_ids, response_logprobs, response_mask
 from rlhflab.train import load_setup, sample_rollout, score_rollout, tokenize_prompts
 
 PROMPTS = ["the movie was", "i really hated this film because the plot", "honestly", "this is the worst"]
@@ -79,6 +79,26 @@ def test_generation_logprobs_match_a_fresh_forward(tiny_model_dir, temperature):
     rmask = response_mask(response, tok.eos_token_id)
     scored, _ = response_logprobs(model, Rollout(ids, mask, response, rmask), temperature)
     torch.testing.assert_close(scored[rmask], sample_logprobs[rmask], atol=1e-5, rtol=0)
+
+
+def test_lm_head_gets_contiguous_rows_of_the_predicting_positions(tiny_model_dir):
+    """The scoring pass projects exactly positions P-1 .. P+T-2 and generation's prefill only P-1, each handed to
+    the LM head as a contiguous (B, n, H) tensor: a strided slice would run as a bmm over B copies of the head's
+    weight (seconds per pass with bf16 on a CPU at the Pythia-410m shape)."""
+    model = load_causal_lm(str(tiny_model_dir))
+    tok, rollout = _rollout(tiny_model_dir, PROMPTS)
+    (batch, prompt_len), response_len = rollout.prompt_ids.shape, rollout.response_ids.shape[1]
+    head_inputs = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _module, args: head_inputs.append(args[0]))
+    with torch.no_grad():
+        logits = forward_logits(model, rollout)
+        generate(model, rollout.prompt_ids, rollout.prompt_mask, 2, -1, tok.pad_token_id, torch.Generator())
+        mask = rollout.attention_mask
+        every = model(input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
+    scored, prefill = head_inputs[0], head_inputs[1]
+    assert scored.shape == (batch, response_len, model.config.hidden_size) and scored.is_contiguous()
+    assert prefill.shape == (batch, 1, model.config.hidden_size) and prefill.is_contiguous()
+    torch.testing.assert_close(logits, every[:, prompt_len - 1 : prompt_len - 1 + response_len], atol=1e-5, rtol=0)
 
 
 def test_tokens_after_eos_change_nothing(tiny_model_dir):

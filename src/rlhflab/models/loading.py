@@ -37,7 +37,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 on a GPU that supports it, else fp32 (CPU matmuls are fastest and exact in fp32)."""
+    """'auto' → bf16 on a GPU that supports it, else fp32. A CPU stays in fp32 unless asked: exact, and the
+    only fast choice on CPUs without bf16 instructions (with AVX512-BF16 or AMX, ``bf16`` is faster: see
+    docs/benchmarks.md)."""
     if name == "auto":
         bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16_ok else torch.float32

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
 from rlhflab.models.loading import checkpoint_activations
-from rlhflab.rollout import Rollout, position_ids
+from rlhflab.rollout import Rollout, keep_positions, position_ids
 
 POLICY, CRITIC = "default", "critic"
 
@@ -158,11 +158,12 @@ class Roles:
     def _backbone_through_root(self, backbone: torch.nn.Module, inputs: dict) -> torch.Tensor:
         """The backbone's last hidden state (B, P + T, H), from a forward of the whole sharded model: the root
         unit's parameters (embeddings, final norm) are gathered only when the root's forward runs, so the backbone
-        cannot be called alone. The LM head projects just the last position (``logits_to_keep=1``)."""
+        cannot be called alone. The LM head projects just the last position."""
         captured = []
         handle = backbone.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
         try:
-            self.critic(**inputs, logits_to_keep=1)
+            length = inputs["input_ids"].shape[1]
+            self.critic(**inputs, logits_to_keep=keep_positions(length - 1, length, inputs["input_ids"].device))
         finally:
             handle.remove()
         return captured[0]
