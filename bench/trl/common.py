@@ -26,25 +26,29 @@ CRITIC_TARGETS = ["query_key_value"]  # DESIGN §1, critic
 RUN_ARGS = dict(save_strategy="no", report_to="none", logging_steps=1, use_cpu=True, bf16=False, seed=42)
 
 
-def build_assets(shape: str, out: Path) -> tuple[Path, list[str]]:
-    """(model dir, prompts): rlhflab.bench's builder, so the weights and prompts equal the benchmark's."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build_assets(shape: str, out: Path, dtype: str = "fp32") -> tuple[Path, list[str]]:
+    """(model dir, prompts): rlhflab.bench's builder, so the weights (saved in ``dtype``) and prompts equal the
+    benchmark's."""
     from rlhflab.bench import BenchOptions, build_model_dir, write_prompts
 
-    model_dir = out / f"model-{shape}"
+    model_dir = out / (f"model-{shape}" if dtype == "fp32" else f"model-{shape}-{dtype}")
     if not (model_dir / "config.json").is_file():
         model_dir.mkdir(parents=True, exist_ok=True)
-        build_model_dir(BenchOptions(model_shape=shape), model_dir)
+        build_model_dir(BenchOptions(model_shape=shape, dtype=dtype), model_dir)
     prompts = write_prompts(out / "prompts.txt").read_text().splitlines()
     return model_dir, prompts
 
 
-def value_model(model_dir: Path, pad_token_id: int):
+def value_model(model_dir: Path, pad_token_id: int, dtype: torch.dtype = torch.float32):
     """TRL's PPO critic at rlhflab's settings: a second copy of the base as a sequence classifier, base frozen, LoRA
-    r 16 on query_key_value and a trainable, zero-initialised score head."""
+    r 16 on query_key_value and a trainable, zero-initialised score head (weights in ``dtype``)."""
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=dtype)
     model.config.pad_token_id = pad_token_id
     model.requires_grad_(False)
     inject_adapter_in_model(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=CRITIC_TARGETS), model)

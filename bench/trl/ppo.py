@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import trl.experimental.ppo.ppo_trainer as ppo_module
 from common import (
+    DTYPES,
     LORA_TARGETS,
     RUN_ARGS,
     StepTimer,
@@ -66,15 +67,16 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=2)
     p.add_argument("--workdir", default=None, help="where the model is built (default: a temporary folder)")
     p.add_argument("--json", default=None)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU, still fp32")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="the weights' dtype (LoRA stays fp32)")
     args = p.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="trl-ppo-"))
-    model_dir, prompts = build_assets(args.shape, workdir)
+    model_dir, prompts = build_assets(args.shape, workdir, args.dtype)
     tok = load_tokenizer(model_dir)
     torch.manual_seed(42)
 
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    critic = value_model(model_dir, tok.pad_token_id)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[args.dtype])
+    critic = value_model(model_dir, tok.pad_token_id, DTYPES[args.dtype])
 
     n_prompts = args.batch * (args.steps + 1)
     dataset = Dataset.from_dict({"input_ids": [tok(prompts[i % len(prompts)])["input_ids"] for i in range(n_prompts)]})
@@ -121,6 +123,7 @@ def main() -> None:
     trainer.train()
     settings = {
         "device": args.device,
+        "dtype": args.dtype,
         "shape": args.shape,
         "batch": args.batch,
         "micro": args.micro,
