@@ -48,3 +48,14 @@ def test_bench_user_errors(capsys):
     assert err.count("\n") == 1 and "--model-shape" in err
     assert main(["bench", "--roles", "shared,copies"]) == 2
     assert "--roles" in capsys.readouterr().err
+
+
+def test_bench_model_is_written_in_the_run_dtype(tmp_path):
+    """A bf16 run maps bf16 weights: converting fp32 ones at load would put both copies into its peak memory."""
+    from safetensors import safe_open
+
+    from rlhflab.bench import BenchOptions, build_model_dir
+
+    model_dir = build_model_dir(BenchOptions(model_shape="tiny", dtype="bf16"), tmp_path / "model")
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"BF16"}
