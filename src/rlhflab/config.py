@@ -186,6 +186,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each transformer block's activations in backward instead of keeping them: much less memory per
     micro-batch, one more forward pass of the policy and critic per micro-batch."""
+    compile: bool = False
+    """torch.compile each transformer block (one compiled graph serves all blocks, shapes dynamic): the first steps
+    pay the compilation, later ones run fused kernels. On a CPU it needs a C++ compiler."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip over all trained parameters."""
     weight_decay: float = 0.0
@@ -516,6 +519,11 @@ def validate(cfg: Config) -> None:
         not (cfg.distributed.fsdp and t.activation_checkpointing),
         "train.activation_checkpointing: not supported together with distributed.fsdp yet (untested); turn one off",
     )
+    for other, on in (
+        ("train.activation_checkpointing", t.activation_checkpointing),
+        ("distributed.fsdp", cfg.distributed.fsdp),
+    ):
+        need(not (t.compile and on), f"train.compile: not supported together with {other} yet (untested); turn one off")
     tr = cfg.tracking
     need(tr.samples_every >= 0, f"tracking.samples_every: must be >= 0 (0 = never), got {tr.samples_every}")
     need(tr.samples_count > 0, f"tracking.samples_count: must be a positive integer, got {tr.samples_count}")

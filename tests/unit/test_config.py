@@ -192,3 +192,10 @@ def test_imdb_preset_has_the_reference_hyper_parameters():
         other = build_config(preset=f"imdb-pythia-410m-{algo}")
         assert other.rollout.samples_per_prompt == 4 and other.algorithm.kl_coef == 0.05
         assert other.train.lr == cfg.train.lr and other.rollout.batch_size == 32
+
+
+@pytest.mark.parametrize("other", ["train.activation_checkpointing=true", "distributed.fsdp=true"])
+def test_compile_refuses_the_untested_combinations(other):
+    with pytest.raises(UserError, match=f"train.compile: not supported together with {other.split('=')[0]}"):
+        build_config(overrides=["train.compile=true", other])
+    build_config(overrides=["train.compile=true"])  # alone it is fine

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
-from rlhflab.models.loading import checkpoint_activations
+from rlhflab.models.loading import checkpoint_activations, compile_blocks
 from rlhflab.rollout import Rollout, keep_positions, position_ids
 
 POLICY, CRITIC = "default", "critic"
@@ -81,6 +81,9 @@ class Roles:
         if cfg.train.activation_checkpointing:  # the models that run with gradients (never the reference)
             for model in {id(m): m for m in (self.policy, self.critic) if m is not None}.values():
                 checkpoint_activations(model)
+        if cfg.train.compile:
+            for model in {id(m): m for m in (self.policy, self.critic, self.reference) if m is not None}.values():
+                compile_blocks(model)
         self.policy.set_adapter(POLICY)
         self.set_dropout(cfg.train.dropout)
         self.sharded = False
