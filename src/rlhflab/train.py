@@ -446,6 +446,8 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     trackers = Trackers(cfg, run_dir, t.steps, start_step, main_process=dist.is_main)
     prompts_per_step = r.batch_size // r.samples_per_prompt  # global; each process takes its share
     from_update = old_logprobs_from_update(cfg)  # GRPO: the update's first epoch measures the old logprobs
+    if t.compile and dist.is_main:
+        print("train.compile: the first step also compiles the model's blocks (a minute or so on a CPU)")
 
     with StopRequest() as stop:
         for step in range(start_step + 1, t.steps + 1):
