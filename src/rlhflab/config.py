@@ -187,8 +187,9 @@ class TrainConfig:
     """Recompute each transformer block's activations in backward instead of keeping them: much less memory per
     micro-batch, one more forward pass of the policy and critic per micro-batch."""
     compile: bool = False
-    """torch.compile each transformer block (one compiled graph serves all blocks, shapes dynamic): the first steps
-    pay the compilation, later ones run fused kernels. On a CPU it needs a C++ compiler."""
+    """torch.compile each transformer block in the scoring and update passes (generation stays eager): the first
+    step pays the compilation (about a minute on a CPU), later ones run fused kernels; for long runs of small
+    models (docs/benchmarks.md). On a CPU it needs a C++ compiler."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip over all trained parameters."""
     weight_decay: float = 0.0

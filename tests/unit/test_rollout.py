@@ -8,6 +8,7 @@ import torch
 from rlhflab.algorithms.losses import ppo_policy_loss
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
 from rlhflab.config import build_config
+from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer
 from rlhflab.rollout import Rollout, forward_logits, generate, position_ids, response_logprobs, response_mask
 from rlhflab.train import load_setup, sample_rollout, score_rollout, tokenize_prompts
@@ -224,6 +225,12 @@ def test_compiled_blocks_give_the_same_numbers(tiny_model_dir, prompts_file):
     assert all(g.abs().sum() > 0 for g in eager_grads)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_model_dir, prompts_file, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(UserError, match="train.compile: torch.compile needs a C.. compiler on a CPU"):
+        load_setup(make_cfg(tiny_model_dir, prompts_file, "train.compile=true"))
 
 
 @pytest.mark.parametrize("layout", ["shared", "separate"])

@@ -6,6 +6,9 @@ route. ``trust_remote_code`` stays off unless the caller asks for it; weights lo
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,7 +144,15 @@ def compile_blocks(model: torch.nn.Module) -> None:
     active adapter and for grad / no-grad); shapes are dynamic (prompt and response lengths vary). Generation stays
     eager: inductor fails on the KV cache's in-place writes, and one token per pass leaves little to fuse. Same
     numbers up to floating-point reassociation by the fused kernels."""
-    for block in transformer_blocks(model, "train.compile"):
+    blocks = transformer_blocks(model, "train.compile")
+    if next(model.parameters()).device.type == "cpu":  # inductor writes C++ for the CPU and builds it with $CXX
+        compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+        if shutil.which(compiler) is None:
+            raise UserError(
+                f"train.compile: torch.compile needs a C++ compiler on a CPU and {compiler!r} is not on PATH "
+                "(install one, point $CXX at it, or turn train.compile off)"
+            )
+    for block in blocks:
         block.forward = _compiled_unless_cached(block.forward)
 
 
