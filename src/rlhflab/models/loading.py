@@ -157,10 +157,13 @@ def compile_blocks(model: torch.nn.Module) -> None:
 
 
 def _compiled_unless_cached(eager: Callable) -> Callable:
+    from transformers.cache_utils import Cache
+
     compiled = torch.compile(eager, dynamic=True)
 
-    def forward(*args, **kwargs):
-        return (eager if kwargs.get("use_cache") else compiled)(*args, **kwargs)
+    def forward(*args, **kwargs):  # a pass with a KV cache: generation (whatever the model calls the argument)
+        cached = kwargs.get("use_cache") or any(isinstance(value, Cache) for value in (*args, *kwargs.values()))
+        return (eager if cached else compiled)(*args, **kwargs)
 
     return forward
 
