@@ -20,13 +20,12 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # noqa: E402
 
+from rlhflab.models.loading import DTYPES  # noqa: E402, F401  (the dtype names rlhflab takes)
+
 LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]  # DESIGN §1, policy
 CRITIC_TARGETS = ["query_key_value"]  # DESIGN §1, critic
 # TrainingArguments every yardstick run shares: CPU, fp32, no checkpoints or trackers, a log line per step, seed 42
 RUN_ARGS = dict(save_strategy="no", report_to="none", logging_steps=1, use_cpu=True, bf16=False, seed=42)
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build_assets(shape: str, out: Path, dtype: str = "fp32") -> tuple[Path, list[str]]:
@@ -34,7 +33,7 @@ def build_assets(shape: str, out: Path, dtype: str = "fp32") -> tuple[Path, list
     benchmark's."""
     from rlhflab.bench import BenchOptions, build_model_dir, write_prompts
 
-    model_dir = out / (f"model-{shape}" if dtype == "fp32" else f"model-{shape}-{dtype}")
+    model_dir = out / f"model-{shape}-{dtype}"
     if not (model_dir / "config.json").is_file():
         model_dir.mkdir(parents=True, exist_ok=True)
         build_model_dir(BenchOptions(model_shape=shape, dtype=dtype), model_dir)

@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where the model is built (default: a temporary folder)")
     p.add_argument("--json", default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="the weights' dtype (LoRA stays fp32)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype (LoRA stays fp32)")
     args = p.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="trl-ppo-"))
     model_dir, prompts = build_assets(args.shape, workdir, args.dtype)
