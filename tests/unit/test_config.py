@@ -61,7 +61,8 @@ def test_overrides_are_typed():
         ("train.lr=-1", "train.lr: must be > 0"),
         ("model.roles=both", "choose one of shared, separate"),
         ("train.scoring_batch_size=0", "train.scoring_batch_size: must be a positive integer"),
-        ("train.activation_checkpointing=true,distributed.fsdp=true", "not supported together with distributed.fsdp"),
+        ("train.activation_checkpointing=some", "'some' is not valid; choose one of none, selective"),
+        ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
@@ -194,7 +195,14 @@ def test_imdb_preset_has_the_reference_hyper_parameters():
         assert other.train.lr == cfg.train.lr and other.rollout.batch_size == 32
 
 
-@pytest.mark.parametrize("other", ["train.activation_checkpointing=true", "distributed.fsdp=true"])
+def test_activation_checkpointing_reads_the_booleans_of_older_configs():
+    """Run directories written before the option had a ``selective`` choice hold true / false."""
+    for old, new in ((True, "full"), (False, "none"), ("selective", "selective")):
+        cfg = build_config(preset="demo-ppo", overrides=[f"train.activation_checkpointing={old}"])
+        assert cfg.train.activation_checkpointing == new
+
+
+@pytest.mark.parametrize("other", ["train.activation_checkpointing=full", "distributed.fsdp=true"])
 def test_compile_refuses_the_untested_combinations(other):
     with pytest.raises(UserError, match=f"train.compile: not supported together with {other.split('=')[0]}"):
         build_config(overrides=["train.compile=true", other])

@@ -4,12 +4,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils.checkpoint import CheckpointPolicy
 
 from rlhflab.algorithms.losses import ppo_policy_loss
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
 from rlhflab.config import build_config
 from rlhflab.errors import UserError
-from rlhflab.models.loading import load_causal_lm, load_tokenizer
+from rlhflab.models.loading import keep_products, load_causal_lm, load_tokenizer
 from rlhflab.rollout import Rollout, forward_logits, generate, position_ids, response_logprobs, response_mask
 from rlhflab.train import load_setup, sample_rollout, score_rollout, tokenize_prompts
 
@@ -234,12 +235,18 @@ def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_model_dir, prompts
 
 
 @pytest.mark.parametrize("layout", ["shared", "separate"])
-def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, prompts_file, layout):
-    """train.activation_checkpointing recomputes the blocks in backward: the same gradients, fewer saved tensors."""
+def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, prompts_file, layout, monkeypatch):
+    """train.activation_checkpointing recomputes in backward: the same gradients, fewer tensors saved outside the
+    recomputed blocks; ``selective`` asks its policy about every operator of every block."""
+    import rlhflab.models.loading as loading
+
+    asked = []
+    monkeypatch.setattr(loading, "keep_products", lambda ctx, op, *a, **k: asked.append(op) or policy(ctx, op, *a))
+    policy = keep_products
     grads, saved = [], []
-    for on in (False, True):
-        cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={on}")
-        torch.manual_seed(0)  # the same LoRA initialisation both times
+    for mode in ("none", "full", "selective"):
+        cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={mode}")
+        torch.manual_seed(0)  # the same LoRA initialisation every time
         setup = load_setup(cfg)
         g = torch.Generator().manual_seed(0)
         rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
@@ -260,9 +267,28 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, promp
         grads.append(_grads(params))
         saved.append(count[0])
     assert all(g.abs().sum() > 0 for g in grads[0])
-    for plain, checkpointed in zip(*grads):
-        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
-    assert saved[1] < 0.5 * saved[0], saved  # counted outside the recomputation: what stays alive until backward
+    for plain, full, selective in zip(*grads):
+        torch.testing.assert_close(full, plain, atol=1e-6, rtol=0)
+        torch.testing.assert_close(selective, plain, atol=1e-6, rtol=0)
+    assert saved[1] < 0.5 * saved[0] and saved[2] < 0.5 * saved[0], saved  # what stays alive outside the blocks
+    assert torch.ops.aten.mm.default in asked and torch.ops.aten.native_layer_norm.default in asked
+
+
+def test_selective_checkpointing_keeps_products_and_attention_and_recomputes_the_rest():
+    """Kept: outputs of products over an inner dimension > 64 (2·K FLOPs spared per kept float) and of attention.
+    Recomputed: LoRA's rank-r up-projection, norms, activation functions, element-wise arithmetic."""
+    must, recompute = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
+    aten = torch.ops.aten
+    x, lora_a_out = torch.zeros(6, 128), torch.zeros(6, 16)
+    assert keep_products(None, aten.mm.default, x, torch.zeros(128, 384)) == must  # a model projection
+    assert keep_products(None, aten.addmm.default, torch.zeros(384), x, torch.zeros(128, 384)) == must
+    assert keep_products(None, aten.mm.default, x, torch.zeros(128, 16)) == must  # LoRA A: K = 128
+    assert keep_products(None, aten.mm.default, lora_a_out, torch.zeros(16, 384)) == recompute  # LoRA B: K = r
+    assert keep_products(None, aten.bmm.default, torch.zeros(2, 6, 64), torch.zeros(2, 64, 6)) == recompute
+    assert keep_products(None, aten.bmm.default, torch.zeros(2, 6, 65), torch.zeros(2, 65, 6)) == must
+    assert keep_products(None, aten._scaled_dot_product_flash_attention_for_cpu.default) == must
+    for op in (aten.native_layer_norm.default, aten.gelu.default, aten.mul.Tensor, aten.cat.default):
+        assert keep_products(None, op) == recompute
 
 
 def test_reserved_kv_cache_samples_what_the_default_cache_samples(tiny_model_dir, prompts_file, monkeypatch):

@@ -168,15 +168,53 @@ def _compiled_unless_cached(eager: Callable) -> Callable:
     return forward
 
 
-def checkpoint_activations(model: torch.nn.Module) -> None:
-    """Activation checkpointing: in a pass with gradients, each transformer block keeps only its inputs and
-    recomputes its activations during backward (one more forward per block; the saved activations of a
-    micro-batch shrink to one hidden state per block). Same numbers: the recomputation is the same computation."""
+def checkpoint_activations(model: torch.nn.Module, mode: str = "full") -> None:
+    """Activation checkpointing of each transformer block in the passes with gradients. ``full``: the block keeps
+    only its inputs and recomputes everything in backward (one more forward per block; the saved activations of a
+    micro-batch shrink to one hidden state per block). ``selective``: it also keeps the outputs of its matrix
+    products and attention (:func:`keep_products`), and backward recomputes only what is cheap (norms, activation
+    functions, rotary embeddings, LoRA's rank-r up-projections). Same numbers either way: the recomputation is the
+    same computation."""
+    context_fn = _keep_products_contexts if mode == "selective" else torch.utils.checkpoint.noop_context_fn
     for block in transformer_blocks(model, "train.activation_checkpointing"):
 
         def forward(*args, _forward=block.forward, **kwargs):
             if not torch.is_grad_enabled():
                 return _forward(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(
+                _forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs
+            )
 
         block.forward = forward
+
+
+_PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+_ATTENTION = {
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(torch.ops.aten, name)
+}
+MIN_KEPT_INNER_DIM = 64
+"""A product's output is kept when its inner dimension K exceeds this: each kept float spares 2·K FLOPs of
+recomputation. LoRA's up-projection (K = r <= 64) is recomputed, the model's own projections are kept."""
+
+
+def keep_products(ctx, op, *args, **kwargs) -> torch.utils.checkpoint.CheckpointPolicy:
+    """Policy of ``selective`` checkpointing, asked for each operator the block runs: keep the outputs of
+    attention and of matrix products over a long inner dimension, recompute everything else."""
+    policy = torch.utils.checkpoint.CheckpointPolicy
+    if op in _ATTENTION:
+        return policy.MUST_SAVE
+    if op in _PRODUCTS:
+        left = args[1] if op is torch.ops.aten.addmm.default else args[0]  # addmm(bias, left, right)
+        return policy.MUST_SAVE if left.shape[-1] > MIN_KEPT_INNER_DIM else policy.PREFER_RECOMPUTE
+    return policy.PREFER_RECOMPUTE
+
+
+def _keep_products_contexts():
+    return torch.utils.checkpoint.create_selective_checkpoint_contexts(keep_products)

@@ -78,9 +78,9 @@ class Roles:
             self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
-        if cfg.train.activation_checkpointing:  # the models that run with gradients (never the reference)
+        if cfg.train.activation_checkpointing != "none":  # the models that run with gradients (not the reference)
             for model in {id(m): m for m in (self.policy, self.critic) if m is not None}.values():
-                checkpoint_activations(model)
+                checkpoint_activations(model, cfg.train.activation_checkpointing)
         if cfg.train.compile:
             for model in {id(m): m for m in (self.policy, self.critic, self.reference) if m is not None}.values():
                 compile_blocks(model)
