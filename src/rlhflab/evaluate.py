@@ -119,11 +119,9 @@ def format_summary(summary: dict, threshold: float) -> str:
     from rlhflab.report import summary_rows  # the labels and formats of the report's table
 
     b, a = summary["before"], summary["after"]
-    rows = summary_rows(threshold)
-    for key in (k for k in b if k.startswith("judge/") and k.endswith("_positive_share")):
-        rows.append((f"second judge {key[6:-15]}: positive share", key, "{:.0%}"))
     lines = ["", f"{'':<40} {'before':>10} {'after':>10}"]
-    lines += [f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}" for label, key, fmt in rows]
+    for label, key, fmt in summary_rows(threshold, b):
+        lines.append(f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}")
     return "\n".join(lines)
 
 

@@ -345,11 +345,14 @@ def eval_intro(cfg: dict, n) -> str:
     )
 
 
-def summary_rows(threshold) -> list[tuple[str, str, str]]:
-    """(label, summary key, format) of the before/after summary table."""
+def summary_rows(threshold, side: dict) -> list[tuple[str, str, str]]:
+    """(label, summary key, format) of the before/after summary table (terminal, report, model card); ``side`` is
+    one side's summary, for the second judges it names."""
+    second_judges = [key for key in side if key.startswith("judge/") and key.endswith("_positive_share")]
     return [
         ("mean score", "score_mean", "{:+.3f}"),
         (f"positive share (score > {threshold})", "positive_share", "{:.0%}"),
+        *((f"second judge {key[6:-15]}: positive share", key, "{:.0%}") for key in second_judges),
         ("distinct-2 (diversity)", "distinct_2", "{:.3f}"),
         ("mean length (tokens)", "mean_length", "{:.1f}"),
         ("ended with EOS", "eos_rate", "{:.0%}"),
@@ -360,7 +363,7 @@ def summary_rows(threshold) -> list[tuple[str, str, str]]:
 def summary_table(summary: dict, threshold) -> list[list[str]]:
     """Rows [label, before, after, change] for the metrics present in both sides."""
     rows = []
-    for label, key, fmt in summary_rows(threshold):
+    for label, key, fmt in summary_rows(threshold, summary["before"]):
         b, a = summary["before"].get(key), summary["after"].get(key)
         if not isinstance(b, (int, float)) or not isinstance(a, (int, float)):
             continue

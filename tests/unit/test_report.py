@@ -66,8 +66,11 @@ def make_run_dir(root: Path, preset: str = "demo-ppo", steps: int = 12, with_eva
             "eos_rate": 0.9,
             "ref_perplexity": 3.2,
             "num_samples": 3,
+            "judge/bayes_mean": -0.2,
+            "judge/bayes_positive_share": 0.25,
         }
-        summary = {"before": side, "after": {**side, "score_mean": 0.7, "positive_share": 1.0}}
+        after = {**side, "score_mean": 0.7, "positive_share": 1.0, "judge/bayes_positive_share": 0.75}
+        summary = {"before": side, "after": after}
         (run_dir / "eval" / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -125,6 +128,8 @@ def test_report_has_every_plot_summary_and_samples(tmp_path):
         assert f"(plots/{name}.png)" in md
     assert "| prompt | model | score | continuation |" in md
     assert "| The movie was | before | -0.50 |" in md
+    assert "| second judge bayes: positive share | 25% | 75% | +50 pp |" in md  # as the terminal shows it
+    assert "second judge bayes: positive share" in text
 
 
 def test_report_escapes_html_and_markdown(tmp_path):
