@@ -119,7 +119,7 @@ def bench_config(opts: BenchOptions, model_dir: Path, prompts_file: Path, layout
     data["rollout"]["batch_size"] = batch
     data["train"]["steps"] = opts.steps
     data["eval"] = {"enabled": False}
-    data["tracking"] = {"progress": False, "samples_every": 0}
+    data["tracking"] = {"progress": True, "samples_every": 0}
     data["output_dir"] = str(run_dir)
     for assignment in opts.overrides:
         apply_override(data, assignment)
@@ -409,13 +409,12 @@ def run_bench(opts: BenchOptions) -> dict:
             save_config(cfg, tmp / f"{layout}.yaml")
             print(f"bench: {layout} roles, {opts.steps} {opts.algo} step(s) in a fresh process ...", file=sys.stderr)
             started = time.perf_counter()
-            done = subprocess.run(
+            done = subprocess.run(  # its stderr is ours: the progress bar over the steps, and any error
                 [sys.executable, "-m", "rlhflab.bench", str(tmp / f"{layout}.yaml"), str(tmp / f"{layout}.json")],
-                capture_output=True,
-                text=True,
+                stdout=subprocess.DEVNULL,
             )
             if done.returncode != 0:
-                raise UserError(f"the {layout} run failed:\n{done.stderr[-3000:]}")
+                raise UserError(f"the {layout} run failed (exit status {done.returncode}; its error is above)")
             raw = json.loads((tmp / f"{layout}.json").read_text())
             raw["process_seconds"] = time.perf_counter() - started
             results.append(summarise(raw, cfg.rollout.batch_size))
@@ -553,4 +552,7 @@ if __name__ == "__main__":  # the worker process: python -m rlhflab.bench CONFIG
     import warnings
 
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    try:
+        worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    except UserError as err:  # one line, as the CLI prints it, not a traceback
+        sys.exit(f"rlhflab bench: error: {err}")

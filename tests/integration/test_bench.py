@@ -59,3 +59,13 @@ def test_bench_model_is_written_in_the_run_dtype(tmp_path):
     model_dir = build_model_dir(BenchOptions(model_shape="tiny", dtype="bf16"), tmp_path / "model")
     with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
         assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"BF16"}
+
+
+def test_a_failing_layout_run_shows_its_error_and_names_the_layout(monkeypatch, capfd):
+    """The worker's stderr reaches the user as it comes (progress bar, errors); the parent adds which run failed."""
+    monkeypatch.setenv("CXX", "no-such-compiler")  # train.compile fails at load, inside the worker process
+    argv = ["bench", "--model-shape", "tiny", "--steps", "1", "--batch", "4", "--roles", "shared"]
+    assert main([*argv, "--set", "train.compile=true"]) == 2
+    err = capfd.readouterr().err
+    assert "rlhflab bench: error: train.compile: torch.compile needs a C++ compiler" in err
+    assert "the shared run failed (exit status 1; its error is above)" in err and "Traceback" not in err
