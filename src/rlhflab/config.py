@@ -187,7 +187,7 @@ class TrainConfig:
     """Recompute activations in backward instead of keeping them. ``full``: each transformer block keeps only its
     input (much less memory per micro-batch, one more forward pass of the policy and critic per micro-batch).
     ``selective``: blocks also keep their matrix products' and attention's outputs and recompute only the cheap
-    rest (norms, activation functions, LoRA up-projections): a third less activation memory for +6-25 % time per
+    rest (norms, activation functions, LoRA up-projections): a third less activation memory for +6-27 % time per
     micro-step at 410 M on a CPU (the more rows per micro-batch, the less it costs; docs/benchmarks.md)."""
     compile: bool = False
     """torch.compile each transformer block in the scoring and update passes (generation stays eager): the first
