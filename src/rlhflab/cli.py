@@ -327,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except torch_oom() as err:
         print(
             f"rlhflab {args.command}: error: out of memory ({str(err).splitlines()[0][:120]}). Lower "
-            "train.micro_batch_size (forward/backward rows), rollout.batch_size (rows generated at once) or "
-            "rollout.max_new_tokens, or use model.dtype=bf16",
+            "train.micro_batch_size (forward/backward rows), train.scoring_batch_size (rows per scoring pass), "
+            "rollout.batch_size (rows generated at once) or rollout.max_new_tokens, or use model.dtype=bf16 or "
+            "train.activation_checkpointing=selective (or full)",
             file=sys.stderr,
         )
         return 2

@@ -84,4 +84,5 @@ def test_out_of_memory_names_the_knobs(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "cmd_train", boom)
     assert cli.main(["train", "--preset", "demo-ppo"]) == 2
-    one_line_error(capsys, "Lower train.micro_batch_size")
+    err = one_line_error(capsys, "Lower train.micro_batch_size")
+    assert "train.activation_checkpointing=selective" in err and "train.scoring_batch_size" in err
