@@ -241,8 +241,12 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, promp
     import rlhflab.models.loading as loading
 
     asked = []
-    monkeypatch.setattr(loading, "keep_products", lambda ctx, op, *a, **k: asked.append(op) or policy(ctx, op, *a))
-    policy = keep_products
+
+    def recording_policy(ctx, op, *args, **kwargs):
+        asked.append(op)
+        return keep_products(ctx, op, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "keep_products", recording_policy)
     grads, saved = [], []
     for mode in ("none", "full", "selective"):
         cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={mode}")
