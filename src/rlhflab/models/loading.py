@@ -168,13 +168,14 @@ def _compiled_unless_cached(eager: Callable) -> Callable:
     return forward
 
 
-def checkpoint_activations(model: torch.nn.Module, mode: str = "full") -> None:
+def checkpoint_activations(model: torch.nn.Module, mode: str) -> None:
     """Activation checkpointing of each transformer block in the passes with gradients. ``full``: the block keeps
     only its inputs and recomputes everything in backward (one more forward per block; the saved activations of a
     micro-batch shrink to one hidden state per block). ``selective``: it also keeps the outputs of its matrix
     products and attention (:func:`keep_products`), and backward recomputes only what is cheap (norms, activation
     functions, rotary embeddings, LoRA's rank-r up-projections). Same numbers either way: the recomputation is the
     same computation."""
+    assert mode in ("selective", "full"), mode  # "none" never wraps the blocks
     context_fn = _keep_products_contexts if mode == "selective" else torch.utils.checkpoint.noop_context_fn
     for block in transformer_blocks(model, "train.activation_checkpointing"):
 
