@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,9 +252,24 @@ class Meter:
             passes += float(x.requires_grad) + float(module.weight.requires_grad)
         self.current["flops"][self.phase_name] += per_pass * passes
 
+    def counting_head(self, logprobs_from_hidden: Callable) -> Callable:
+        """``ops.logprobs_from_hidden`` that also counts the LM head's products (it multiplies the head's weight
+        itself, so no Linear hook sees them): the logits, and with gradients the Jacobian's product, the share of
+        the backward that the logits path's head runs."""
+
+        def counted(hidden: torch.Tensor, weight: torch.Tensor, *args, **kwargs):
+            if self.steps:
+                passes = 2.0 if torch.is_grad_enabled() and hidden.requires_grad else 1.0
+                tokens = hidden.numel() // weight.shape[1]
+                self.current["flops"][self.phase_name] += passes * 2.0 * tokens * weight.numel()
+            return logprobs_from_hidden(hidden, weight, *args, **kwargs)
+
+        return counted
+
 
 def _install(meter: Meter) -> None:
     """Wrap the loop's phase functions (in the train module's namespace) and hook the models when built."""
+    from rlhflab import rollout as rollout_module
     from rlhflab import train as train_module
     from rlhflab.models.roles import Roles
     from rlhflab.rewards.base import CompositeReward
@@ -295,6 +311,7 @@ def _install(meter: Meter) -> None:
             return original_reward(self, *args, **kwargs)
 
     original_update, original_reward = train_module.update, CompositeReward.__call__
+    rollout_module.logprobs_from_hidden = meter.counting_head(rollout_module.logprobs_from_hidden)
     train_module.Roles = InstrumentedRoles
     train_module.sample_rollout = timed(train_module.sample_rollout, "generate", starts_step=True)
     train_module.score_rollout = timed(train_module.score_rollout, "logprobs")

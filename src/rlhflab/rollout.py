@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
 try:
@@ -20,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - transformers 4.x
     DynamicLayer = None
 
-from rlhflab.ops import entropy_from_logits, logprobs_from_logits
+from rlhflab.ops import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
 
 
 @dataclass
@@ -207,6 +209,59 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer under a causal LM's head (GPTNeoXModel etc.), through a PeftModel's wrappers: its forward
+    returns hidden states, no logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.base_model
+
+
+_HEAD_IS_LAST_STEP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # causal LM → bool, probed once
+
+
+def plain_lm_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The LM head when the model's logits are exactly ``head(backbone(...).last_hidden_state)``, else None.
+
+    Then :func:`response_logprobs` takes log-probs from the hidden states (:func:`rlhflab.ops.logprobs_from_hidden`)
+    and no (B, T, V) logits exist. None, and the usual logits path, for: a head that is not a frozen
+    ``nn.Linear`` (an adapter or training on the head), a config that caps or scales logits, a model sharded with
+    FSDP (its root gathers the head only inside its own forward), or logits that differ from ``head(hidden)`` on
+    a 4-token probe (checked once per model, bit for bit).
+    """
+    if isinstance(model, FSDPModule):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or any(p.requires_grad for p in head.parameters()):
+        return None
+    if any(getattr(base.config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    if base not in _HEAD_IS_LAST_STEP:
+        ids = torch.arange(1, 5, device=head.weight.device)[None] % head.weight.shape[0]  # (1, 4)
+        training = base.training
+        base.eval()  # no dropout noise between the two passes
+        with torch.no_grad():
+            logits = base(input_ids=ids, use_cache=False).logits
+            _HEAD_IS_LAST_STEP[base] = torch.equal(logits, head(backbone(base)(input_ids=ids).last_hidden_state))
+        base.train(training)
+    return head if _HEAD_IS_LAST_STEP[base] else None
+
+
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config fields through which some architectures (Gemma 2/3, Cohere, Granite, ...) transform head(hidden); any
+value but None or 1 rules out the hidden-state path even where the probe cannot tell (e.g. caps at small logits)."""
+
+
+def response_hidden(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """(B, T, H) last hidden states at the positions that predict each response token (P - 1 + t predicts t)."""
+    mask = rollout.attention_mask
+    prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+    hidden = backbone(model)(
+        input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
+    ).last_hidden_state  # (B, P + T, H)
+    return hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]
+
+
 def forward_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     """(B, T, V) logits that predict each response token (only the T positions needed are projected)."""
     mask = rollout.attention_mask
@@ -230,9 +285,15 @@ def response_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T)).
 
-    ``rows_at_once`` bounds the (rows, T, V) temporaries of the log-softmax and entropy: the whole batch goes
-    through the model in one pass, its logits are reduced that many rows at a time (same numbers, row by row).
-    The entropy is a metric: computed without gradients, it keeps no (B, T, V) temporaries for a backward."""
+    With a plain LM head (:func:`plain_lm_head`, e.g. every GPT-NeoX, GPT-2 or Llama) the logits are never
+    materialised: hidden states go through :func:`rlhflab.ops.logprobs_from_hidden`, vocabulary block by block.
+    Otherwise the whole batch's logits come from one pass and ``rows_at_once`` bounds the (rows, T, V) temporaries
+    of the log-softmax and entropy (same numbers, row by row).
+    The entropy is a metric: computed without gradients, it keeps nothing for a backward."""
+    head = plain_lm_head(model)
+    if head is not None:
+        hidden = response_hidden(model, rollout)
+        return logprobs_from_hidden(hidden, head.weight, head.bias, rollout.response_ids, temperature, with_entropy)
     logits = forward_logits(model, rollout)  # (B, T, V)
     rows = rows_at_once or len(rollout)
     logprobs, entropy = [], []

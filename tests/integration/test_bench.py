@@ -69,3 +69,44 @@ def test_a_failing_layout_run_shows_its_error_and_names_the_layout(monkeypatch, 
     err = capfd.readouterr().err
     assert "rlhflab bench: error: train.compile: torch.compile needs a C++ compiler" in err
     assert "the shared run failed (exit status 1; its error is above)" in err and "Traceback" not in err
+
+
+def test_bench_counts_the_lm_head_whichever_path_computes_the_logprobs(tiny_model_dir, prompts_file, monkeypatch):
+    """The hidden-state log-probs multiply the head's weight without calling it: the meter counts those products
+    as the Linear hooks count the logits path's (forward, and the backward's product for the hidden states)."""
+    import torch
+
+    from rlhflab import rollout
+    from rlhflab.bench import Meter
+    from rlhflab.config import build_config
+    from rlhflab.ops import logprobs_from_logits
+    from rlhflab.train import load_setup, sample_rollout
+
+    cfg = build_config(
+        overrides=[
+            f"model.name={tiny_model_dir}",
+            "model.device=cpu",
+            f"data.prompts_file={prompts_file}",
+            "data.source=file",
+            "rollout.max_new_tokens=6",
+        ]
+    )
+    setup = load_setup(cfg)
+    actor = setup.roles.actor()
+    batch, _ = sample_rollout(actor, setup.tokenizer, ["the movie was", "honestly"], cfg, torch.Generator(), "cpu")
+    meter = Meter(torch.device("cpu"))
+    meter.instrument(actor)
+    monkeypatch.setattr(rollout, "logprobs_from_hidden", meter.counting_head(rollout.logprobs_from_hidden))
+    counted = []
+    for logprobs_of in (
+        lambda: rollout.response_logprobs(actor, batch, 1.0)[0],
+        lambda: logprobs_from_logits(rollout.forward_logits(actor, batch), batch.response_ids),
+    ):
+        meter.new_step()
+        with meter.phase("update"):
+            logprobs_of().sum().backward()
+            with torch.no_grad():
+                logprobs_of()
+        counted.append(meter.current["flops"]["update"])
+    head = actor.get_output_embeddings().weight
+    assert counted[0] == counted[1] > 3 * 2.0 * batch.response_ids.numel() * head.numel()

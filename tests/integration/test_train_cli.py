@@ -208,9 +208,9 @@ def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prom
     import rlhflab.rollout
     import rlhflab.train
 
-    calls = []
-    forward_logits = rlhflab.rollout.forward_logits
-    monkeypatch.setattr(rlhflab.rollout, "forward_logits", lambda *a: calls.append(1) or forward_logits(*a))
+    calls = []  # scoring and update passes (a plain LM head: log-probs come from the hidden states)
+    response_hidden = rlhflab.rollout.response_hidden
+    monkeypatch.setattr(rlhflab.rollout, "response_hidden", lambda *a: calls.append(1) or response_hidden(*a))
 
     def run(name, **patch):
         monkeypatch.setattr(rlhflab.train, "old_logprobs_from_update", lambda cfg: patch.get("defer", True))

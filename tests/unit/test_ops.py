@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
+from rlhflab import ops
 from rlhflab.ops import (
     entropy_from_logits,
     kl_penalty,
+    logprobs_from_hidden,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
@@ -242,6 +244,80 @@ def test_entropy_matches_python_reference():
     low = entropy_from_logits(logits.to(torch.bfloat16))
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, entropy_from_logits(logits.to(torch.bfloat16).float()), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------ log-probs from hidden states
+
+
+@pytest.mark.parametrize("block", [4096, 2, 1])
+def test_logprobs_from_hidden_hand(monkeypatch, block):
+    """H = 1, W = [0, 0, 1]ᵀ, h = ln2: logits [0, 0, ln2] → p = [1/4, 1/4, 1/2]; log p(2) = −ln2, H = 1.5 ln2,
+    ∂ log p(2) / ∂h = W_2 − Σ_v p_v W_v = 1 − 1/2 = 1/2 (× g = 3 → 1.5). Blocks of 1 and 2 vocabulary rows make the
+    running max move (block 1 holds the max), so the online rescaling is what gives these numbers."""
+    monkeypatch.setattr(ops, "VOCAB_BLOCK", block)
+    weight = torch.tensor([[0.0], [0.0], [1.0]], dtype=F64)
+    hidden = torch.full((1, 1, 1), math.log(2), dtype=F64, requires_grad=True)
+    logprobs, entropy = logprobs_from_hidden(hidden, weight, None, torch.tensor([[2]]), with_entropy=True)
+    assert logprobs.item() == pytest.approx(-math.log(2), abs=1e-15)
+    assert entropy.item() == pytest.approx(1.5 * math.log(2), abs=1e-15) and not entropy.requires_grad
+    (3.0 * logprobs).sum().backward()
+    assert hidden.grad.item() == pytest.approx(1.5, abs=1e-15)
+    # temperature 2 and a bias that undoes the ln2: logits [0, 0, 0] → uniform; ∂/∂h = (1 − 1/3) / 2
+    hidden.grad = None
+    bias = torch.tensor([0.0, 0.0, -math.log(2)], dtype=F64)
+    logprobs, _ = logprobs_from_hidden(hidden, weight, bias, torch.tensor([[2]]), temperature=2.0)
+    logprobs.sum().backward()
+    assert logprobs.item() == pytest.approx(-math.log(3), abs=1e-15)
+    assert hidden.grad.item() == pytest.approx(1 / 3, abs=1e-15)
+
+
+@pytest.mark.parametrize("block", [4096, 5, 1])
+def test_logprobs_from_hidden_equal_the_logits_path(monkeypatch, block):
+    """Against logprobs_from_logits / entropy_from_logits of the materialised logits (themselves tested against a
+    plain loop above), values and the gradient of a weighted sum, fp64, a non-contiguous hidden slice."""
+    monkeypatch.setattr(ops, "VOCAB_BLOCK", block)
+    g = torch.Generator().manual_seed(4)
+    states = torch.randn(3, 6, 8, generator=g, dtype=F64)
+    weight, bias = torch.randn(37, 8, generator=g, dtype=F64), torch.randn(37, generator=g, dtype=F64)
+    tokens = torch.randint(0, 37, (3, 5), generator=g)
+    upstream = torch.randn(3, 5, generator=g, dtype=F64)
+    for temp in (1.0, 0.7):
+        for head_bias in (bias, None):
+            leaf, ref_leaf = states.clone().requires_grad_(), states.clone().requires_grad_()
+            logprobs, entropy = logprobs_from_hidden(leaf[:, 1:], weight, head_bias, tokens, temp, with_entropy=True)
+            logits = torch.nn.functional.linear(ref_leaf[:, 1:], weight, head_bias)  # (3, 5, 37)
+            expected = logprobs_from_logits(logits, tokens, temp)
+            torch.testing.assert_close(logprobs, expected, atol=1e-12, rtol=0)
+            torch.testing.assert_close(entropy, entropy_from_logits(logits.detach(), temp), atol=1e-12, rtol=0)
+            (logprobs * upstream).sum().backward()
+            (expected * upstream).sum().backward()
+            torch.testing.assert_close(leaf.grad, ref_leaf.grad, atol=1e-12, rtol=0)
+        torch.autograd.gradcheck(
+            lambda h, temp=temp: logprobs_from_hidden(h, weight, bias, tokens, temp)[0],
+            (states[:, 1:].clone().requires_grad_(),),
+        )
+    # huge logits: the running max keeps every exp finite
+    big, _ = logprobs_from_hidden(1e3 * states[:, 1:], weight, None, tokens)
+    torch.testing.assert_close(big, logprobs_from_logits(1e3 * states[:, 1:] @ weight.T, tokens), atol=1e-9, rtol=0)
+
+
+def test_logprobs_from_hidden_precision_and_frozen_head():
+    g = torch.Generator().manual_seed(5)
+    states, weight = torch.randn(2, 4, 16, generator=g), torch.randn(50, 16, generator=g) / 4
+    tokens = torch.randint(0, 50, (2, 4), generator=g)
+    low, low_weight = states.bfloat16().requires_grad_(), weight.bfloat16()
+    logprobs, _ = logprobs_from_hidden(low, low_weight, None, tokens)
+    assert logprobs.dtype == torch.float32
+    ref = low.detach().float().requires_grad_()
+    expected = logprobs_from_logits(ref @ low_weight.float().T, tokens)
+    torch.testing.assert_close(logprobs, expected, atol=2e-2, rtol=0)  # bf16 products, fp32 reductions
+    logprobs.sum().backward()
+    expected.sum().backward()
+    assert low.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(low.grad.float(), ref.grad, atol=2e-2, rtol=0)
+    assert logprobs_from_hidden(states.double(), weight.double(), None, tokens)[0].dtype == F64
+    with pytest.raises(ValueError, match="LM head must be frozen"):
+        logprobs_from_hidden(states, weight.clone().requires_grad_(), None, tokens)
 
 
 # ----------------------------------------------------------------------------------------- KL estimators

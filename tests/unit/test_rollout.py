@@ -11,7 +11,16 @@ from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
 from rlhflab.config import build_config
 from rlhflab.errors import UserError
 from rlhflab.models.loading import keep_products, load_causal_lm, load_tokenizer
-from rlhflab.rollout import Rollout, forward_logits, generate, position_ids, response_logprobs, response_mask
+from rlhflab.ops import entropy_from_logits, logprobs_from_logits
+from rlhflab.rollout import (
+    Rollout,
+    forward_logits,
+    generate,
+    plain_lm_head,
+    position_ids,
+    response_logprobs,
+    response_mask,
+)
 from rlhflab.train import load_setup, sample_rollout, score_rollout, tokenize_prompts
 
 PROMPTS = ["the movie was", "i really hated this film because the plot", "honestly", "this is the worst"]
@@ -101,6 +110,65 @@ def test_lm_head_gets_contiguous_rows_of_the_predicting_positions(tiny_model_dir
     assert scored.shape == (batch, response_len, model.config.hidden_size) and scored.is_contiguous()
     assert prefill.shape == (batch, 1, model.config.hidden_size) and prefill.is_contiguous()
     torch.testing.assert_close(logits, every[:, prompt_len - 1 : prompt_len - 1 + response_len], atol=1e-5, rtol=0)
+
+
+def test_logprobs_from_hidden_states_equal_the_logits_path(tiny_model_dir, prompts_file):
+    """A plain LM head: response_logprobs never builds (B, T, V) logits, and gives the numbers and the LoRA
+    gradients of the logits path (forward_logits + logprobs_from_logits), for the policy and the reference."""
+    setup = load_setup(make_cfg(tiny_model_dir, prompts_file))
+    roles = setup.roles
+    tok, rollout = _rollout(tiny_model_dir, PROMPTS, response_len=6)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move LoRA away from its zero init so the policy differs from the reference
+        for p in roles.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    actor = roles.actor()
+    assert plain_lm_head(actor) is actor.get_output_embeddings()
+    head_calls = []
+    actor.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
+    upstream = torch.randn(rollout.response_ids.shape, generator=g)
+    params = [p for name, p in actor.named_parameters() if "lora_" in name and p.requires_grad]  # the policy's
+
+    def grads_of(logprobs):
+        for p in params:
+            p.grad = None
+        (logprobs * upstream).sum().backward()
+        return [p.grad.clone() for p in params]
+
+    fused, entropy = response_logprobs(actor, rollout, 0.8, with_entropy=True)
+    assert not head_calls, "the head's weight is multiplied block by block, never called on the whole batch"
+    logits = forward_logits(actor, rollout)
+    plain = logprobs_from_logits(logits, rollout.response_ids, 0.8)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy, entropy_from_logits(logits.detach(), 0.8), atol=1e-5, rtol=0)
+    fused_grads, plain_grads = grads_of(fused), grads_of(plain)
+    assert all(grad.abs().sum() > 0 for grad in plain_grads)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    with roles.reference_model() as reference, torch.no_grad():
+        ref_fused, _ = response_logprobs(reference, rollout, 1.0)
+        ref_plain = logprobs_from_logits(forward_logits(reference, rollout), rollout.response_ids)
+    torch.testing.assert_close(ref_fused, ref_plain, atol=1e-5, rtol=0)
+    assert (ref_fused - fused).abs().max() > 1e-3  # the adapter was really off for the reference
+
+
+def test_plain_lm_head_only_where_logits_are_the_head_of_the_hidden_states(tiny_model_dir):
+    """Heads that are trained, configs that cap or scale logits, and a forward that changes the logits after the
+    head all keep the logits path (the numbers would differ otherwise)."""
+    model = load_causal_lm(str(tiny_model_dir)).requires_grad_(False)
+    assert plain_lm_head(model) is model.get_output_embeddings()
+    model.get_output_embeddings().weight.requires_grad_(True)
+    assert plain_lm_head(model) is None
+    capped = load_causal_lm(str(tiny_model_dir)).requires_grad_(False)
+    capped.config.final_logit_softcapping = 30.0
+    assert plain_lm_head(capped) is None
+    scaled = load_causal_lm(str(tiny_model_dir)).requires_grad_(False)
+    scaled.register_forward_hook(lambda _module, _args, out: out.__setitem__("logits", out.logits * 0.5) or out)
+    assert plain_lm_head(scaled) is None
+    tok, rollout = _rollout(tiny_model_dir, PROMPTS)
+    with torch.no_grad():  # and such a model's log-probs are the ones its own logits give
+        expected = logprobs_from_logits(forward_logits(scaled, rollout), rollout.response_ids)
+        torch.testing.assert_close(response_logprobs(scaled, rollout, 1.0)[0], expected, atol=0, rtol=0)
 
 
 def test_tokens_after_eos_change_nothing(tiny_model_dir):

@@ -16,8 +16,8 @@ from rlhflab.algorithms.losses import grpo_loss, ppo_policy_loss
 from rlhflab.config import Config
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.models.roles import Roles
-from rlhflab.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_sum, masked_whiten
-from rlhflab.rollout import Rollout, forward_logits
+from rlhflab.ops import masked_mean, masked_sum, masked_whiten
+from rlhflab.rollout import Rollout, response_logprobs
 
 
 def group_advantages(
@@ -65,8 +65,8 @@ def group_micro_step(
     as ``old_logprobs`` (b, T) with ``entropy_sum``, the summed entropy of its response tokens."""
     a, temperature = cfg.algorithm, cfg.rollout.temperature
     first_epoch = micro.logprobs is None
-    logits = forward_logits(roles.actor(), micro)  # (b, T, V)
-    logprobs = logprobs_from_logits(logits, micro.response_ids, temperature)  # (b, T)
+    # (b, T); the entropy (a metric, no gradient) only when this pass stands in for the scoring pass
+    logprobs, entropy = response_logprobs(roles.actor(), micro, temperature, with_entropy=first_epoch)
     old_logprobs = logprobs.detach() if first_epoch else micro.logprobs  # (b, T)
     common = dict(
         clip_eps=a.clip_eps,
@@ -87,8 +87,6 @@ def group_micro_step(
     out = {"loss/policy": loss.detach(), **{f"policy/{k}": v for k, v in stats.items() if k != "kl"}}
     if "kl" in stats:
         out["policy/k3_kl"] = stats["kl"]
-    if first_epoch:  # after the backward has freed the activations, so the entropy's (b, T, V) temporaries add no peak
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits, temperature)  # (b, T)
+    if first_epoch:
         out["old_logprobs"], out["entropy_sum"] = old_logprobs, masked_sum(entropy, micro.response_mask)
     return out

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
 from rlhflab.models.loading import checkpoint_activations, compile_blocks
-from rlhflab.rollout import Rollout, keep_positions, position_ids
+from rlhflab.rollout import Rollout, backbone, keep_positions, plain_lm_head, position_ids
 
 POLICY, CRITIC = "default", "critic"
 
@@ -78,6 +78,9 @@ class Roles:
             self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
+        for model in (self.policy, self.reference):  # probe the LM heads now, not in a timed or checkpointed pass
+            if model is not None:
+                plain_lm_head(model)
         if cfg.train.activation_checkpointing != "none":  # the models that run with gradients (not the reference)
             for model in {id(m): m for m in (self.policy, self.critic) if m is not None}.values():
                 checkpoint_activations(model, cfg.train.activation_checkpointing)
@@ -143,14 +146,13 @@ class Roles:
         assert self.critic is not None and self.value_head is not None, "this algorithm has no critic"
         self.critic.set_adapter(CRITIC)
         mask = rollout.attention_mask
-        backbone = self.critic.get_base_model().base_model  # GPTNeoXModel etc.: hidden states, no LM head
         inputs = dict(
             input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
         )
         if self.sharded:
-            hidden = self._backbone_through_root(backbone, inputs)
+            hidden = self._backbone_through_root(backbone(self.critic), inputs)
         else:
-            hidden = backbone(**inputs).last_hidden_state  # (B, P + T, H)
+            hidden = backbone(self.critic)(**inputs).last_hidden_state  # (B, P + T, H)
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         if granularity == "sequence":
             hidden = hidden[:, prompt_len - 1 : prompt_len]  # (B, 1, H): the state before the first token
@@ -158,12 +160,12 @@ class Roles:
             hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]  # (B, T, H)
         return self.value_head(hidden.float()).squeeze(-1)
 
-    def _backbone_through_root(self, backbone: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    def _backbone_through_root(self, trunk: torch.nn.Module, inputs: dict) -> torch.Tensor:
         """The backbone's last hidden state (B, P + T, H), from a forward of the whole sharded model: the root
         unit's parameters (embeddings, final norm) are gathered only when the root's forward runs, so the backbone
         cannot be called alone. The LM head projects just the last position."""
         captured = []
-        handle = backbone.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
+        handle = trunk.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
         try:
             length = inputs["input_ids"].shape[1]
             self.critic(**inputs, logits_to_keep=keep_positions(length - 1, length, inputs["input_ids"].device))
