@@ -14,8 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
+
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # pragma: no cover - a torch built without distributed: nothing is sharded
+    FSDPModule = ()
 
 try:
     from transformers.cache_utils import DynamicLayer  # transformers 5: caches made of per-layer objects
@@ -216,6 +220,9 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
     return base.base_model
 
 
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config fields through which some architectures (Gemma 2/3, Cohere, Granite, ...) transform head(hidden); any
+value but None or 1 rules out the hidden-state path even where the probe cannot tell (e.g. caps at small logits)."""
 _HEAD_IS_LAST_STEP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # causal LM → bool, probed once
 
 
@@ -245,11 +252,6 @@ def plain_lm_head(model: torch.nn.Module) -> torch.nn.Linear | None:
             _HEAD_IS_LAST_STEP[base] = torch.equal(logits, head(backbone(base)(input_ids=ids).last_hidden_state))
         base.train(training)
     return head if _HEAD_IS_LAST_STEP[base] else None
-
-
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-"""Config fields through which some architectures (Gemma 2/3, Cohere, Granite, ...) transform head(hidden); any
-value but None or 1 rules out the hidden-state path even where the probe cannot tell (e.g. caps at small logits)."""
 
 
 def response_hidden(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:

@@ -180,8 +180,9 @@ def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor
 def score_rollout(
     setup: Setup, rollout: Rollout, cfg: Config, with_values: bool = True, with_logprobs: bool = True
 ) -> tuple[Rollout, float | None]:
-    """Old logprobs, reference logprobs and values, ``train.scoring_batch_size`` rows per pass (their logits
-    reduced ``train.micro_batch_size`` rows at a time); also the policy's mean token entropy. Without
+    """Old logprobs, reference logprobs and values, ``train.scoring_batch_size`` rows per pass (with a plain LM
+    head no logits exist; otherwise they are reduced ``train.micro_batch_size`` rows at a time); also the policy's
+    mean token entropy. Without
     ``with_logprobs`` (see :func:`old_logprobs_from_update`) the old logprobs and the entropy stay None."""
     roles, temperature, head_rows = setup.roles, cfg.rollout.temperature, cfg.train.micro_batch_size
     # whole micro-batches per pass, reduced micro-batch by micro-batch: every reduction sees the shapes the update's
