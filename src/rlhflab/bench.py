@@ -319,6 +319,17 @@ def _install(meter: Meter) -> None:
     CompositeReward.__call__ = reward
 
 
+def heap_allocator() -> str:
+    """The heap allocator of this process, which the bench's workers inherit: ``jemalloc`` or ``tcmalloc`` when
+    preloaded (``LD_PRELOAD``), else the C library's. Peak memory depends on it: glibc keeps freed blocks of the
+    update's activations resident (see docs/benchmarks.md, "Heap allocators")."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        return "system"
+    return next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if name in maps), "glibc")
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -459,6 +470,7 @@ def run_bench(opts: BenchOptions) -> dict:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "heap_allocator": heap_allocator(),
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         "gemm_peak_flops_per_second": gemm,
@@ -506,7 +518,8 @@ def format_report(report: dict) -> str:
         f"rlhflab bench: {s['model_shape']} shape, {s['algo']}, {s['dtype']} on {s['device']}, {s['batch']} "
         f"completions x {s['max_new_tokens']} new tokens, {s['ppo_epochs']} epochs, micro-batch "
         f"{s['micro_batch_size']}; times are means over steps {report['layouts'][0]['measured_steps']}",
-        f"GEMM peak measured now: {report['gemm_peak_flops_per_second'] / 1e9:.1f} GFLOP/s",
+        f"GEMM peak measured now: {report['gemm_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; heap allocator: "
+        f"{report['machine']['heap_allocator']}",
         "",
     ]
     header = [

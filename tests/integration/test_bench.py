@@ -2,6 +2,12 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from rlhflab.cli import main
 
@@ -28,6 +34,7 @@ def test_bench_tiny_one_step(tmp_path, capsys):
     assert "shared / separate" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["gemm_peak_flops_per_second"] > 0
+    assert report["machine"]["heap_allocator"] in ("glibc", "jemalloc", "tcmalloc", "mimalloc", "system")
     assert [r["roles"] for r in report["layouts"]] == ["shared", "separate"]
     for layout in report["layouts"]:
         assert LAYOUT_KEYS <= set(layout)
@@ -110,3 +117,15 @@ def test_bench_counts_the_lm_head_whichever_path_computes_the_logprobs(tiny_mode
         counted.append(meter.current["flops"]["update"])
     head = actor.get_output_embeddings().weight
     assert counted[0] == counted[1] > 3 * 2.0 * batch.response_ids.numel() * head.numel()
+
+
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+@pytest.mark.skipif(not JEMALLOC.exists(), reason="needs jemalloc (Debian: apt install libjemalloc2)")
+def test_bench_names_a_preloaded_heap_allocator():
+    code = "from rlhflab.bench import heap_allocator; print(heap_allocator())"
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "LD_PRELOAD": str(JEMALLOC)}
+    preloaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert (plain.stdout.strip(), preloaded.stdout.strip()) == ("glibc", "jemalloc")
