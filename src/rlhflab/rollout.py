@@ -26,6 +26,7 @@ try:
 except ImportError:  # pragma: no cover - transformers 4.x
     DynamicLayer = None
 
+from rlhflab.models.loading import causal_lm
 from rlhflab.ops import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
 
 
@@ -209,15 +210,14 @@ if DynamicLayer is not None:
 
 def _cache_keyword(model: torch.nn.Module) -> str:
     """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def backbone(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer under a causal LM's head (GPTNeoXModel etc.), through a PeftModel's wrappers: its forward
     returns hidden states, no logits."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.base_model
+    return causal_lm(model).base_model
 
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -237,7 +237,7 @@ def plain_lm_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     """
     if isinstance(model, FSDPModule):
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     head = base.get_output_embeddings()
     if type(head) is not torch.nn.Linear or any(p.requires_grad for p in head.parameters()):
         return None

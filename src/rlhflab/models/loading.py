@@ -124,10 +124,15 @@ def merge_adapter(base: torch.nn.Module, adapter: str, key: str = "model.sft_ada
     return merged.eval()
 
 
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face causal LM itself: a PeftModel's base model (its LoRA layers injected), or ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def transformer_blocks(model: torch.nn.Module, key: str) -> list[torch.nn.Module]:
     """The model's transformer blocks: instances of the classes it names in ``_no_split_modules`` (Hugging Face
     models do). ``key`` is the config option that needs them, for the error when a model names none."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     names = set(getattr(base, "_no_split_modules", None) or [])
     blocks = [m for m in base.modules() if type(m).__name__ in names]
     if not blocks:
