@@ -190,9 +190,11 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT ``PeftModel`` whose only trainable weights are the LoRA adapter's."""
     from peft import get_peft_model
 
-    from rlhflab.models.roles import lora_config
+    from rlhflab.models.roles import add_lora_in_place, lora_config
 
-    return get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias))
+    model = get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias))
+    add_lora_in_place(model)
+    return model
 
 
 def _optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:

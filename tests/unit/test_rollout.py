@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from torch.utils.checkpoint import CheckpointPolicy
 
 from rlhflab.algorithms.losses import ppo_policy_loss
@@ -344,6 +345,46 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, promp
         torch.testing.assert_close(selective, plain, atol=1e-6, rtol=0)
     assert saved[1] < 0.5 * saved[0] and saved[2] < 0.5 * saved[0], saved  # what stays alive outside the blocks
     assert torch.ops.aten.mm.default in asked and torch.ops.aten.native_layer_norm.default in asked
+
+
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_roles_add_lora_in_place_with_the_same_gradients_except_under_selective_checkpointing(
+    tiny_model_dir, prompts_file, layout, monkeypatch
+):
+    """A PPO micro-step's gradients (policy and critic adapters, value head) equal peft's forward bit for bit with
+    no and with full checkpointing. ``selective`` keeps the base products' outputs (lowered here so the tiny model's
+    are kept too), which an in-place add would overwrite, so it keeps peft's forward."""
+    import rlhflab.models.loading as loading
+    import rlhflab.models.roles as roles_module
+
+    monkeypatch.setattr(loading, "MIN_KEPT_INNER_DIM", 8)
+    for mode in ("none", "full", "selective"):
+        grads, installed = [], []
+        for in_place in (False, True):
+            cfg = make_cfg(
+                tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={mode}"
+            )
+            torch.manual_seed(0)  # the same LoRA initialisation every time
+            with monkeypatch.context() as patch:
+                if not in_place:
+                    patch.setattr(roles_module, "add_lora_in_place", lambda model: None)
+                setup = load_setup(cfg)
+            layers = [m for r in setup.roles.models() for m in r.modules() if type(m) is LoraLinear]
+            installed.append(sum("forward" in vars(m) for m in layers) / len(layers))
+            g = torch.Generator().manual_seed(0)
+            rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+            rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
+            rollout, _ = ppo_advantages(rollout, cfg, 0.05)
+            params = setup.roles.trainable_parameters()
+            with torch.no_grad():
+                for p in params:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+            ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 6)
+            grads.append(_grads(params))
+        assert installed == [0.0, 0.0 if mode == "selective" else 1.0], (mode, installed)
+        assert all(g.abs().sum() > 0 for g in grads[0])
+        for peft_grad, in_place_grad in zip(*grads):
+            assert torch.equal(in_place_grad, peft_grad), mode
 
 
 def test_selective_checkpointing_keeps_products_and_attention_and_recomputes_the_rest():
