@@ -303,6 +303,20 @@ def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_model_dir, prompts
         load_setup(make_cfg(tiny_model_dir, prompts_file, "train.compile=true"))
 
 
+def _rollout_and_moved_weights(setup, cfg):
+    """A scored PPO rollout (random scores) and the trainable weights, moved off their zero initialisation so that
+    every one of them gets a gradient; the same every time for the same setup."""
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
+    rollout, _ = ppo_advantages(rollout, cfg, 0.05)
+    params = setup.roles.trainable_parameters()
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return rollout, params
+
+
 @pytest.mark.parametrize("layout", ["shared", "separate"])
 def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, prompts_file, layout, monkeypatch):
     """train.activation_checkpointing recomputes in backward: the same gradients, fewer tensors saved outside the
@@ -321,14 +335,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, promp
         cfg = make_cfg(tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={mode}")
         torch.manual_seed(0)  # the same LoRA initialisation every time
         setup = load_setup(cfg)
-        g = torch.Generator().manual_seed(0)
-        rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
-        rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
-        rollout, _ = ppo_advantages(rollout, cfg, 0.05)
-        params = setup.roles.trainable_parameters()
-        with torch.no_grad():
-            for p in params:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        rollout, params = _rollout_and_moved_weights(setup, cfg)
         count = [0]
 
         def pack(t, count=count):
@@ -371,14 +378,7 @@ def test_roles_add_lora_in_place_with_the_same_gradients_except_under_selective_
                 setup = load_setup(cfg)
             layers = [m for r in setup.roles.models() for m in r.modules() if type(m) is LoraLinear]
             installed.append(sum("forward" in vars(m) for m in layers) / len(layers))
-            g = torch.Generator().manual_seed(0)
-            rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
-            rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
-            rollout, _ = ppo_advantages(rollout, cfg, 0.05)
-            params = setup.roles.trainable_parameters()
-            with torch.no_grad():
-                for p in params:
-                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+            rollout, params = _rollout_and_moved_weights(setup, cfg)
             ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 6)
             grads.append(_grads(params))
         assert installed == [0.0, 0.0 if mode == "selective" else 1.0], (mode, installed)
