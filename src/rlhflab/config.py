@@ -48,10 +48,8 @@ class LoraSettings:
     """LoRA dropout; only active when train.dropout is true (PPO's step-0 invariants need it off)."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases the adapter trains."""
-    target_modules: list[str] = field(
-        default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-    )
-    """Module names that receive LoRA (GPT-NeoX names by default)."""
+    target_modules: list[str] | str = "auto"
+    """Module names that receive LoRA, or auto: every linear layer of the decoder blocks (LM head excluded)."""
 
 
 @dataclass
@@ -62,8 +60,8 @@ class CriticConfig:
     """LoRA rank of the critic adapter."""
     alpha: int = 32
     """LoRA alpha of the critic adapter."""
-    target_modules: list[str] = field(default_factory=lambda: ["query_key_value"])
-    """Module names that receive the critic's LoRA."""
+    target_modules: list[str] | str = "auto"
+    """Module names that receive the critic's LoRA, or auto: the attention's input projections (query/key/value)."""
 
 
 @dataclass
@@ -80,6 +78,10 @@ class DataConfig:
     """data.source imdb: words of each review kept as its prompt."""
     max_prompt_tokens: int = 32
     """Prompts longer than this are cut (from the left, keeping their end)."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap each prompt as the user turn of the tokenizer's chat template (generation prompt added). auto: on for a
+    tokenizer with a template and data.source file (your own prompts, taken as instructions); off for the demo's
+    and IMDB's openings, which are continued. The reward always sees the plain prompt and completion."""
 
 
 @dataclass
@@ -347,8 +349,12 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
 
 
-_LEGACY_VALUES = {"train.activation_checkpointing": {False: "none", True: "full"}}
-"""Values that older configs (and run directories) hold for options that have since grown more choices."""
+_LEGACY_VALUES = {
+    "train.activation_checkpointing": {False: "none", True: "full"},
+    "data.chat_template": {False: "off", True: "on"},  # YAML reads a bare on / off as a boolean
+}
+"""Values that older configs (and run directories) hold for options that have since grown more choices, and
+booleans that YAML makes of words."""
 
 
 def to_dict(cfg: Any) -> dict:
@@ -507,6 +513,14 @@ def validate(cfg: Config) -> None:
         f"rollout.samples_per_prompt: {a.name} compares samples of one prompt, so it needs >= 2, "
         f"got {r.samples_per_prompt}",
     )
+    for key, targets in (
+        ("lora.target_modules", cfg.lora.target_modules),
+        ("critic.target_modules", cfg.critic.target_modules),
+    ):
+        need(
+            targets == "auto" or (isinstance(targets, list) and len(targets) > 0),
+            f"{key}: expected auto or a non-empty list of module names, got {targets!r}",
+        )
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
     for c in cfg.reward.components + cfg.eval.judges:
         need(

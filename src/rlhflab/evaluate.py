@@ -31,7 +31,7 @@ def sample_and_judge(
     setup, cfg: Config, reward, prompts: list[str], use_reference: bool, seed: int
 ) -> tuple[list[dict], dict]:
     """Sample one completion per prompt (× eval.samples_per_prompt) and measure it; returns (rows, summary)."""
-    from rlhflab.rollout import response_logprobs
+    from rlhflab.rollout import is_eos, response_logprobs
     from rlhflab.train import sample_rollout
 
     roles, device = setup.roles, setup.device
@@ -43,11 +43,11 @@ def sample_and_judge(
         if use_reference:
             with roles.reference_model() as model:
                 rollout, completions = sample_rollout(
-                    model, setup.tokenizer, chunk, cfg, generator, device, roles.stop_together
+                    model, setup.codec, chunk, cfg, generator, device, roles.stop_together
                 )
         else:
             rollout, completions = sample_rollout(
-                roles.actor(), setup.tokenizer, chunk, cfg, generator, device, roles.stop_together
+                roles.actor(), setup.codec, chunk, cfg, generator, device, roles.stop_together
             )
         scores, _ = reward(chunk, completions)
         with roles.reference_model() as reference:
@@ -56,7 +56,7 @@ def sample_and_judge(
         nll_sum -= masked_sum(ref_logprobs, mask).item()
         n_tokens += int(mask.sum().item())
         lengths += mask.sum(1).tolist()
-        ended += ((rollout.response_ids == setup.tokenizer.eos_token_id) & mask).any(1).tolist()
+        ended += (is_eos(rollout.response_ids, setup.codec.eos_ids) & mask).any(1).tolist()
         rows += [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(chunk, completions, scores.tolist())]
     scores = [row["score"] for row in rows]
     completions = [row["completion"] for row in rows]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -81,15 +81,100 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(B, T) → (B, T) bool: True up to and including the first EOS; whatever follows it is masked.
+def is_eos(token_ids: torch.Tensor, eos_ids: int | Sequence[int]) -> torch.Tensor:
+    """Elementwise: is the token one of the EOS ids (Llama-3 and Qwen2.5 instruct models end turns with several)."""
+    eos = torch.as_tensor(eos_ids if isinstance(eos_ids, Sequence) else [eos_ids], device=token_ids.device)
+    return torch.isin(token_ids, eos)
+
+
+def response_mask(response_ids: torch.Tensor, eos_ids: int | Sequence[int]) -> torch.Tensor:
+    """(B, T) → (B, T) bool: True up to and including the first EOS (of any of ``eos_ids``); whatever follows it
+    is masked.
 
     Computed from the first EOS only, never from the pad id: a tokenizer with pad = eos must not hide real EOS
     tokens, and tokens after the first EOS cannot matter whatever they are (DESIGN §3.1, §3.4).
     """
-    is_eos = (response_ids == eos_id).long()
-    eos_before = is_eos.cumsum(-1) - is_eos  # (B, T) number of EOS strictly before t
+    ended = is_eos(response_ids, eos_ids).long()
+    eos_before = ended.cumsum(-1) - ended  # (B, T) number of EOS strictly before t
     return eos_before == 0
+
+
+@dataclass(frozen=True)
+class PromptCodec:
+    """How prompts become token ids and completions become text, for a tokenizer as it comes.
+
+    ``eos_ids``: the tokenizer's EOS and every id of the model's ``generation_config.eos_token_id`` (a list for
+    Llama-3 / Qwen2.5 instruct); generation stops at any, the response mask ends at the first of any.
+    ``pad_id``: fills the left of short prompts and the tail after EOS; never attended to and never scored, so a
+    tokenizer without a pad token pads with EOS rather than growing its vocabulary. ``bos_id``: prepended to every
+    prompt when the tokenizer adds a BOS itself (Llama, Gemma: they degrade without it). ``chat_template``: each
+    prompt is the user turn of the tokenizer's chat template with the generation prompt added; the reward still
+    sees the plain prompt and completion text, never template tokens.
+    """
+
+    tokenizer: object
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    bos_id: int | None = None
+    chat_template: bool = False
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer, generation_eos: int | Sequence[int] | None = None, chat_template: bool = False
+    ) -> PromptCodec:
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        extra = (
+            []
+            if generation_eos is None
+            else generation_eos
+            if isinstance(generation_eos, Sequence)
+            else [generation_eos]
+        )
+        eos_ids = tuple(dict.fromkeys([*eos, *extra]))  # the tokenizer's first, no repeats
+        if not eos_ids:
+            raise ValueError("the tokenizer has no EOS token and the generation config names none")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        return cls(tokenizer, eos_ids, pad_id, adds_bos(tokenizer), chat_template)
+
+    def encode(self, prompts: list[str], max_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (B, P) ids and bool mask. A long prompt keeps its last ``max_tokens`` tokens (the BOS and,
+        with the chat template, the template's tokens around it come on top)."""
+        tok = self.tokenizer
+        rows = []
+        for ids in tok(prompts, add_special_tokens=False)["input_ids"]:
+            ids = ids[-max_tokens:]
+            if self.chat_template:  # the (possibly cut) prompt as the user's turn
+                text = tok.decode(ids)
+                turn = tok.apply_chat_template(
+                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+                )
+                ids = tok(turn, add_special_tokens=False)["input_ids"]
+            if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+                ids = [self.bos_id, *ids]
+            rows.append(ids)
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, ids in enumerate(rows):
+            if ids:
+                input_ids[i, width - len(ids) :] = torch.tensor(ids)
+                mask[i, width - len(ids) :] = True
+        return input_ids.to(device), mask.to(device)
+
+    def decode(self, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Text of each response up to its EOS, special tokens left out."""
+        return [
+            self.tokenizer.decode(row[keep].tolist(), skip_special_tokens=True) for row, keep in zip(response_ids, mask)
+        ]
+
+
+def adds_bos(tokenizer) -> int | None:
+    """The BOS id when the tokenizer puts one in front of a text by itself, else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos] else None
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -112,7 +197,7 @@ def generate(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     max_new_tokens: int,
-    eos_id: int,
+    eos_ids: int | Sequence[int],
     pad_id: int,
     generator: torch.Generator,
     temperature: float = 1.0,
@@ -120,7 +205,7 @@ def generate(
     top_p: float = 1.0,
     stop_together: Callable[[bool], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample continuations with a KV cache; stop early once every row has produced EOS.
+    """Sample continuations with a KV cache; stop early once every row has produced an EOS (any of ``eos_ids``).
 
     ``stop_together`` (``Dist.all`` for a model sharded with FSDP) turns "all my rows ended" into "all rows of
     every process ended": a sharded forward is a collective, so every process must run as many passes.
@@ -156,7 +241,7 @@ def generate(
         logprobs.append(torch.log(probs.gather(-1, token[:, None]).squeeze(-1).clamp_min(1e-30)))
         tokens.append(token)
         still_real = ~finished  # this step's token is real (EOS included) for unfinished rows
-        finished = finished | (token == eos_id)
+        finished = finished | is_eos(token, eos_ids)
         waiting = bool(finished.all())
         all_finished = waiting if stop_together is None else stop_together(waiting)
         if all_finished or len(tokens) == max_new_tokens:  # no pass for a token that will never be sampled

@@ -190,9 +190,11 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT ``PeftModel`` whose only trainable weights are the LoRA adapter's."""
     from peft import get_peft_model
 
+    from rlhflab.models.loading import lora_targets
     from rlhflab.models.roles import add_lora_in_place, lora_config
 
-    model = get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias))
+    targets = lora_targets(model, lora.target_modules, "lora.target_modules")
+    model = get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, targets, lora.bias))
     add_lora_in_place(model)
     return model
 

@@ -31,7 +31,7 @@ from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.rewards import CompositeReward, build_reward
-from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
+from rlhflab.rollout import PromptCodec, Rollout, generate, is_eos, response_logprobs, response_mask
 from rlhflab.tracking import Trackers
 
 
@@ -46,6 +46,7 @@ class Setup:
     """Everything loaded before the first step."""
 
     tokenizer: object
+    codec: PromptCodec  # prompts → ids (BOS, chat template), EOS ids, pad id
     roles: Roles
     reward: CompositeReward
     train_prompts: list[str]
@@ -94,10 +95,32 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
     if cfg.model.sft_adapter:
         base = merge_adapter(base, cfg.model.sft_adapter)
     base.requires_grad_(False)
+    codec = prompt_codec(tokenizer, base, cfg, announce=dist.is_main)
     roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
     if fsdp:
         roles.shard(dist, device)
-    return Setup(tokenizer, roles, reward, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
+    return Setup(tokenizer, codec, roles, reward, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
+
+
+def prompt_codec(tokenizer, model: torch.nn.Module, cfg: Config, announce: bool = True) -> PromptCodec:
+    """The run's :class:`PromptCodec`: EOS ids from the tokenizer and the model's generation config, and the chat
+    template per ``data.chat_template``. ``auto`` wraps prompts in the template only for a tokenizer that has one and
+    prompts of your own (``data.source: file``): the demo's and IMDB's prompts are openings to continue."""
+    mode = cfg.data.chat_template
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has_template:
+        raise UserError(f"data.chat_template: 'on', but the tokenizer of {cfg.model.name!r} has no chat template")
+    chat = mode == "on" or (mode == "auto" and has_template and cfg.data.source == "file")
+    if announce and mode == "auto" and has_template:
+        print(
+            f"data.chat_template auto: {'on' if chat else 'off'} (the tokenizer has a chat template; prompts "
+            f"from data.source {cfg.data.source!r}{' are instructions' if chat else ' are openings to continue'})"
+        )
+    generation = getattr(model, "generation_config", None)
+    try:
+        return PromptCodec.for_tokenizer(tokenizer, getattr(generation, "eos_token_id", None), chat)
+    except ValueError as err:
+        raise UserError(f"model.name: {cfg.model.name!r}: {err}; rlhflab needs one to end completions") from None
 
 
 def check_run_dir(cfg: Config, overwrite: bool) -> Path:
@@ -127,22 +150,14 @@ def prepare_run_dir(cfg: Config, overwrite: bool, note: str | None = None) -> Pa
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int, device: torch.device):
-    """Left-padded (B, P) ids and bool mask; long prompts keep their last ``max_tokens`` tokens."""
-    tokenizer.truncation_side = "left"
-    enc = tokenizer(
-        prompts,
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_tokens,
-        add_special_tokens=False,
-    )
-    return enc["input_ids"].to(device), enc["attention_mask"].bool().to(device)
+    """Left-padded (B, P) ids and bool mask of plain prompts (a BOS when the tokenizer adds one); long prompts keep
+    their last ``max_tokens`` tokens. A run's prompts go through its :class:`PromptCodec` (``Setup.codec``)."""
+    return PromptCodec.for_tokenizer(tokenizer).encode(prompts, max_tokens, device)
 
 
 def sample_rollout(
     model,
-    tokenizer,
+    codec: PromptCodec,
     prompts: list[str],
     cfg: Config,
     generator: torch.Generator,
@@ -150,30 +165,26 @@ def sample_rollout(
     stop_together=None,
 ) -> tuple[Rollout, list[str]]:
     """Generate completions of ``prompts`` with ``model``; returns the rollout (ids, masks) and the texts.
+    ``codec``: the run's :class:`PromptCodec` (a bare tokenizer gets the plain one: no chat template, its own EOS).
     ``stop_together``: ``Roles.stop_together`` (the joint early stop of a sharded model)."""
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens, device)
+    codec = codec if isinstance(codec, PromptCodec) else PromptCodec.for_tokenizer(codec)
+    prompt_ids, prompt_mask = codec.encode(prompts, cfg.data.max_prompt_tokens, device)
     r = cfg.rollout
     response_ids, _ = generate(
         model,
         prompt_ids,
         prompt_mask,
         r.max_new_tokens,
-        tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
+        codec.eos_ids,
+        codec.pad_id,
         generator,
         r.temperature,
         r.top_k,
         r.top_p,
         stop_together,
     )
-    mask = response_mask(response_ids, tokenizer.eos_token_id)  # (B, T)
-    completions = decode_completions(tokenizer, response_ids, mask)
-    return Rollout(prompt_ids, prompt_mask, response_ids, mask), completions
-
-
-def decode_completions(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Text of each response up to its EOS, special tokens left out."""
-    return [tokenizer.decode(row[keep].tolist(), skip_special_tokens=True) for row, keep in zip(response_ids, mask)]
+    mask = response_mask(response_ids, codec.eos_ids)  # (B, T)
+    return Rollout(prompt_ids, prompt_mask, response_ids, mask), codec.decode(response_ids, mask)
 
 
 @torch.no_grad()
@@ -411,7 +422,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     setup = load_setup(cfg, dist=dist)  # a bad model, prompts file or judge stops here, before the run dir is touched
     if not resume and dist.is_main:
         prepare_run_dir(cfg, overwrite, note=distributed_note(cfg, dist))
-    roles, tokenizer, device = setup.roles, setup.tokenizer, setup.device
+    roles, device = setup.roles, setup.device
     reward = setup.reward
 
     sampler = PromptSampler(setup.train_prompts, cfg.seed)  # the same global order on every process
@@ -456,7 +467,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             # 1. sample completions for this step's prompts (k contiguous samples per prompt)
             prompts = [p for p in dist.shard(sampler.next(prompts_per_step)) for _ in range(r.samples_per_prompt)]
             rollout, completions = sample_rollout(
-                roles.actor(), tokenizer, prompts, cfg, sample_gen, device, roles.stop_together
+                roles.actor(), setup.codec, prompts, cfg, sample_gen, device, roles.stop_together
             )
             generated = time.perf_counter()
             # 2. judge the completions
@@ -489,7 +500,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             # 6. metrics (over all processes), KL controller, checkpoint
             mask = rollout.response_mask
             kl_per_seq = masked_sum(kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, dim=1)  # (B,)
-            ended = (rollout.response_ids == tokenizer.eos_token_id) & mask
+            ended = is_eos(rollout.response_ids, setup.codec.eos_ids) & mask
             metrics = {
                 "step": step,
                 "objective/scores": scores.mean().item(),

@@ -9,7 +9,7 @@ import torch
 from rlhflab.config import LoraSettings
 from rlhflab.data.corpus import EVAL_OPENINGS, generate_reviews, load_reviews
 from rlhflab.models import tiny
-from rlhflab.models.loading import load_causal_lm, load_tokenizer
+from rlhflab.models.loading import load_causal_lm, load_tokenizer, lora_targets
 from rlhflab.models.tiny import DemoSpec, build_tiny_model, ensure_demo_assets, tiny_config, train_tokenizer
 from rlhflab.sft import SFTConfig
 
@@ -64,8 +64,15 @@ def test_model_config_and_lora_target_names(tokenizer):
     assert cfg.model_type == "gpt_neox"
     assert (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) == (0, 0, 1)
     assert cfg.vocab_size == len(tokenizer)
-    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    assert set(LoraSettings().target_modules) <= leaf_names
+    # the default (auto) picks Pythia's own LoRA targets on the demo model, and the critic's query_key_value
+    assert LoraSettings().target_modules == "auto"
+    assert lora_targets(model, "auto", "lora.target_modules") == [
+        "query_key_value",
+        "dense",
+        "dense_h_to_4h",
+        "dense_4h_to_h",
+    ]
+    assert lora_targets(model, "auto", "critic.target_modules", "critic") == ["query_key_value"]
 
 
 def test_same_seed_same_weights(tokenizer):

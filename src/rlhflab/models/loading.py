@@ -143,6 +143,58 @@ def transformer_blocks(model: torch.nn.Module, key: str) -> list[torch.nn.Module
     return blocks
 
 
+_ATTENTION_OUTPUTS = {"o_proj", "dense", "out_proj", "c_proj", "o", "wo"}
+"""Names of an attention module's output projection (Llama, GPT-NeoX/Phi, OPT, GPT-2, T5-style): ``auto`` gives
+the critic the attention's other projections, those that read its input (query, key, value)."""
+
+
+def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Qualified name → every dense layer LoRA can adapt (``nn.Linear`` and GPT-2's ``Conv1D``), LM head excluded."""
+    from transformers.pytorch_utils import Conv1D
+
+    base = causal_lm(model)
+    head = base.get_output_embeddings()
+    return {
+        name: module
+        for name, module in base.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    }
+
+
+def lora_targets(model: torch.nn.Module, targets: list[str] | str, key: str, role: str = "policy") -> list[str]:
+    """The ``target_modules`` for peft: a list as given (each entry must match a linear layer), or for ``auto``
+    the linear layers of the decoder blocks (peft's ``all-linear`` without what lies outside the blocks, such as
+    OPT's ``project_in``/``project_out``) for the policy, and the attention's input projections for the critic.
+    Leaf names when they pick exactly those layers (``q_proj``, ...), else qualified names."""
+    linears = linear_layers(model)
+    leaf = {name: name.rsplit(".", 1)[-1] for name in linears}
+    if targets != "auto":
+        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linears)]
+        if unmatched:
+            raise UserError(
+                f"{key}: {unmatched} match no linear layer of {type(causal_lm(model)).__name__}; its linear layers "
+                f"are {sorted(set(leaf.values()))} (or use auto)"
+            )
+        return list(targets)
+    try:
+        blocks = transformer_blocks(model, key)
+    except UserError:  # no block classes named: every linear layer but the LM head
+        blocks = [causal_lm(model)]
+    linear_ids = {id(m) for m in linears.values()}
+    chosen = {id(m) for block in blocks for m in block.modules() if id(m) in linear_ids}
+    if role == "critic":
+        attention = [m for b in blocks for m in b.modules() if "Attention" in type(m).__name__]
+        inner = {id(m): n.rsplit(".", 1)[-1] for a in attention for n, m in a.named_modules() if id(m) in chosen}
+        inputs = {i for i, name in inner.items() if name not in _ATTENTION_OUTPUTS}
+        chosen = inputs or set(inner) or chosen
+    picked = [name for name, module in linears.items() if id(module) in chosen]
+    if not picked:
+        raise UserError(f"{key}: auto found no linear layer in {type(causal_lm(model)).__name__}'s blocks; name them")
+    names = sorted({leaf[n] for n in picked}, key=[leaf[n] for n in picked].index)
+    same = {n for n in linears if leaf[n] in names} == set(picked)
+    return names if same else picked
+
+
 def compile_blocks(model: torch.nn.Module) -> None:
     """``torch.compile`` each transformer block's forward in the passes without a KV cache (scoring and update).
     Regional compilation: the blocks run the same code, so one compiled graph serves all of them (recompiled per

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
-from rlhflab.models.loading import checkpoint_activations, compile_blocks
+from rlhflab.models.loading import checkpoint_activations, compile_blocks, lora_targets
 from rlhflab.rollout import Rollout, backbone, keep_positions, plain_lm_head, position_ids
 
 POLICY, CRITIC = "default", "critic"
@@ -79,6 +79,18 @@ def _lora_forward_in_place(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -
     return result.add_(update.mul_(self.scaling[active[0]]))  # a bf16 result adds an fp32 update and rounds once
 
 
+def value_head_width(base: torch.nn.Module) -> int:
+    """Width of the hidden states the value head reads: the LM head's input features, which is not always
+    ``config.hidden_size`` (OPT-350m projects 1024 → 512 before its head; multimodal configs keep the size under
+    ``text_config``)."""
+    head = base.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return weight.shape[-1]  # (vocab, hidden) for nn.Linear
+    config = getattr(base.config, "text_config", None) or base.config
+    return config.hidden_size
+
+
 class Roles:
     """The three roles of PPO behind one small interface; see the module docstring for the two layouts."""
 
@@ -90,21 +102,25 @@ class Roles:
         self.reference = copy.deepcopy(base).requires_grad_(False) if separate else None
         critic_base = copy.deepcopy(base) if separate and with_critic else None
 
+        # targets resolved on the plain base (before any adapter is injected): auto → names of this model's layers
+        policy_targets = lora_targets(base, lora.target_modules, "lora.target_modules")
+        critic_targets = lora_targets(base, cfg.critic.target_modules, "critic.target_modules", "critic")
+        self.targets = {"policy": policy_targets, "critic": critic_targets if with_critic else None}
         self.policy: PeftModel = get_peft_model(
             base,
-            lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.bias),
+            lora_config(lora.r, lora.alpha, lora.dropout, policy_targets, lora.bias),
             adapter_name=POLICY,
         )
         self.critic: PeftModel | None = None
         self.value_head: torch.nn.Linear | None = None
         if with_critic:
-            critic_lora = lora_config(cfg.critic.r, cfg.critic.alpha, lora.dropout, cfg.critic.target_modules)
+            critic_lora = lora_config(cfg.critic.r, cfg.critic.alpha, lora.dropout, critic_targets)
             if separate:
                 self.critic = get_peft_model(critic_base, critic_lora, adapter_name=CRITIC)
             else:
                 self.policy.add_adapter(CRITIC, critic_lora)
                 self.critic = self.policy
-            hidden = base.config.hidden_size
+            hidden = value_head_width(base)
             device = next(base.parameters()).device
             # fp32 head, zero-initialised: values start at exactly 0 (DESIGN §3.10)
             self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
