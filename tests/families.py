@@ -96,7 +96,7 @@ FAMILIES = {
     ),
     "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=128), "gpt2"),
     "llama": ("LlamaConfig", _llama_like(), "llama"),
-    "mistral": ("MistralConfig", _llama_like(sliding_window=64), "llama"),
+    "mistral": ("MistralConfig", _llama_like(sliding_window=4), "llama"),
     "qwen2": ("Qwen2Config", _llama_like(tie_word_embeddings=True), "qwen"),
     "qwen3": ("Qwen3Config", _llama_like(head_dim=8, tie_word_embeddings=True), "qwen"),
     "opt": (  # OPT-350m's shape: the blocks are wider than the embeddings (project_in / project_out)
@@ -117,10 +117,10 @@ FAMILIES = {
     "gemma": ("GemmaConfig", _llama_like(num_key_value_heads=1, head_dim=8), "gemma"),
     "gemma2": (  # final logit soft-capping
         "Gemma2Config",
-        _llama_like(head_dim=8, sliding_window=64, final_logit_softcapping=30.0, query_pre_attn_scalar=8),
+        _llama_like(head_dim=8, sliding_window=4, final_logit_softcapping=30.0, query_pre_attn_scalar=8),
         "gemma",
     ),
-    "gemma3": ("Gemma3TextConfig", _llama_like(head_dim=8, sliding_window=64, query_pre_attn_scalar=8), "gemma"),
+    "gemma3": ("Gemma3TextConfig", _llama_like(head_dim=8, sliding_window=4, query_pre_attn_scalar=8), "gemma"),
     "smollm": ("LlamaConfig", _llama_like(tie_word_embeddings=True), "smollm"),
 }
 

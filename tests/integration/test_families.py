@@ -164,3 +164,22 @@ def test_every_family_trains_two_steps_through_the_cli(family, algorithm, family
     assert sorted(adapter["target_modules"]) == sorted(expected)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert math.isfinite(summary["after"]["ref_perplexity"])
+
+
+def test_an_architecture_that_cannot_work_gets_one_line(tmp_path, prompts_file, capsys):
+    """An encoder-decoder (T5) and an encoder-only classifier (DistilBERT) are not causal LMs: one line, exit 2."""
+    import transformers
+    from conftest import build_classifier
+
+    classifier = build_classifier(tmp_path / "clf", {0: "NEGATIVE", 1: "POSITIVE"})
+    t5 = tmp_path / "t5"
+    config = transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=64)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(t5)
+    for f in classifier.glob("*token*"):
+        (t5 / f.name).write_bytes(f.read_bytes())
+    for model_dir, words in ((classifier, "'distilbert'"), (t5, "encoder-decoder 't5'")):
+        capsys.readouterr()  # what saving the models printed
+        assert main(train_argv(model_dir, prompts_file, tmp_path / "run")) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and "decoder-only" in err, err
+        assert not (tmp_path / "run").exists()

@@ -105,8 +105,21 @@ def load_causal_lm(
             path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
         )
     except (OSError, ValueError) as err:
+        if "Unrecognized configuration class" in str(err):  # the config loaded: the architecture is the problem
+            raise UserError(
+                f"{key}: {name!r} is a {_model_type(path)} model, for which transformers has no causal LM "
+                "(AutoModelForCausalLM); rlhflab trains decoder-only models (GPT-NeoX, Llama, Qwen, GPT-2, ...)"
+            ) from None
         raise _load_error(name, key, err) from err
     return model.to(device).eval()
+
+
+def _model_type(path: str) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    kind = "encoder-decoder " if getattr(config, "is_encoder_decoder", False) else ""
+    return f"{kind}{config.model_type!r} ({type(config).__name__})"
 
 
 def merge_adapter(base: torch.nn.Module, adapter: str, key: str = "model.sft_adapter") -> torch.nn.Module:
