@@ -136,9 +136,18 @@ def final_metric_rows(metrics: list[dict]) -> list[list[str]]:
     return [[f"`{key}`", format_value(last[key], digits=4)] for key in keys]
 
 
+def adapter_targets(adapter_dir: Path) -> list[str] | None:
+    """The module names an adapter was put on, as PEFT saved them (what ``auto`` chose for that model)."""
+    try:
+        targets = json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_modules")
+    except (OSError, ValueError):
+        return None
+    return sorted(targets) if isinstance(targets, list) else targets
+
+
 def architecture_lines(cfg: dict, final: Path, model_name: str) -> list[str]:
     lora, critic = section(cfg, "lora"), section(cfg, "critic")
-    targets = format_value(lora.get("target_modules", []))
+    targets = format_value(adapter_targets(final) or lora.get("target_modules", []))
     sft = section(cfg, "model").get("sft_adapter")
     start = f"`{model_name}` with the SFT adapter `{sft}` merged into it" if sft else f"the base model `{model_name}`"
     lines = [
@@ -150,7 +159,8 @@ def architecture_lines(cfg: dict, final: Path, model_name: str) -> list[str]:
     if (final / "critic").is_dir() or (final / "value_head.safetensors").is_file():
         lines.append(
             f"- **Critic** (`critic/` + `value_head.safetensors`): a second LoRA adapter (r={critic.get('r', '?')}"
-            f" on {format_value(critic.get('target_modules', []))}) and a linear value head on the last hidden"
+            f" on {format_value(adapter_targets(final / 'critic') or critic.get('target_modules', []))}) and a"
+            " linear value head on the last hidden"
             f" state ({critic.get('granularity', 'token')}-level values). Needed only to continue PPO training."
         )
     components = section(cfg, "reward").get("components") or []

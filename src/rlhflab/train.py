@@ -97,6 +97,9 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
     base.requires_grad_(False)
     codec = prompt_codec(tokenizer, base, cfg, announce=dist.is_main)
     roles = Roles(base, cfg, with_critic=cfg.algorithm.name == "ppo" if with_critic is None else with_critic)
+    for role, key, asked in (("policy", "lora", cfg.lora), ("critic", "critic", cfg.critic)):
+        if asked.target_modules == "auto" and roles.targets[role] and dist.is_main:
+            print(f"{key}.target_modules auto: {', '.join(roles.targets[role])}")
     if fsdp:
         roles.shard(dist, device)
     return Setup(tokenizer, codec, roles, reward, train_prompts, eval_prompts[: cfg.eval.max_prompts], device)
