@@ -55,7 +55,8 @@ class Setup:
 
 
 def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
-    """(model directory or hub id, train prompts file, eval prompts file); 'demo' builds the offline assets."""
+    """(model directory or hub id, train prompts file, eval prompts file); 'demo' builds the offline assets,
+    'smollm2-135m' fetches and converts SmolLM2-135M-Instruct (first use)."""
     model_name, train_file, eval_file = cfg.model.name, cfg.data.prompts_file, cfg.data.eval_prompts_file
     if model_name == "demo" or cfg.data.source == "demo":
         from rlhflab.models.tiny import ensure_demo_assets
@@ -65,7 +66,9 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
         if cfg.data.source == "demo":
             train_file = train_file or str(assets.train_prompts_file)
             eval_file = eval_file or str(assets.eval_prompts_file)
-    return model_name, train_file, eval_file
+    from rlhflab.models.smollm2 import resolve_model_name
+
+    return resolve_model_name(model_name), train_file, eval_file
 
 
 def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE) -> Setup:
