@@ -47,7 +47,8 @@ class LoraSettings:
     dropout: float = 0.05
     """LoRA dropout; only active when train.dropout is true (PPO's step-0 invariants need it off)."""
     bias: Literal["none", "all", "lora_only"] = "none"
-    """Which biases the adapter trains."""
+    """Which biases the adapter trains: only none is supported (all / lora_only are refused: the optimiser takes
+    LoRA matrices only, and with model.roles shared a trained bias would move the reference model too)."""
     target_modules: list[str] | str = "auto"
     """Module names that receive LoRA, or auto: every linear layer of the decoder blocks (LM head excluded)."""
 
@@ -160,14 +161,20 @@ class AlgorithmConfig:
     """Adaptive KL controller target (summed KL per sequence); null = fixed kl_coef."""
     kl_horizon: int = 10000
     """Adaptive controller horizon, in samples (Ziegler et al. 2019)."""
-    whiten_advantages: bool = True
-    """Whiten advantages over the valid tokens of the batch."""
+    whiten_advantages: bool | None = None
+    """Whiten advantages over the valid tokens of the batch (mean 0, std 1). null = auto: true for ppo (as TRL's
+    PPO and cleanrl), false for rloo and grpo (as TRL's RLOO and GRPO, and the papers): their advantages are already
+    baselined per prompt, and a batch-std scaling would undo Dr. GRPO's unscaled R - mean (group_scale false)."""
     loss_agg: Literal["token_mean", "seq_mean", "seq_sum_constant"] = "token_mean"
     """How per-token losses become one number (seq_sum_constant = Dr. GRPO)."""
     rloo_baseline: Literal["leave_one_out", "batch_mean", "none"] = "leave_one_out"
     """rloo: the baseline subtracted from each sample's reward."""
     group_scale: bool = True
     """grpo: divide by the group's std (false = Dr. GRPO's mean-centring only)."""
+
+    def whitens(self) -> bool:
+        """whiten_advantages, with null (auto) resolved per algorithm: ppo true, rloo and grpo false."""
+        return self.name == "ppo" if self.whiten_advantages is None else self.whiten_advantages
 
 
 @dataclass
@@ -490,6 +497,11 @@ def validate(cfg: Config) -> None:
     need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     need(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
+    need(
+        cfg.lora.bias == "none",
+        f"lora.bias: {cfg.lora.bias!r} is not supported, only 'none' (biases are not trained, and a trained bias "
+        "would also move the shared reference model)",
+    )
     need(
         0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1,
         f"algorithm.gamma / algorithm.gae_lambda: must be in [0, 1], got {a.gamma} / {a.gae_lambda}",

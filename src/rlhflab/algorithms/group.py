@@ -41,7 +41,7 @@ def group_advantages(
         sequence_reward = rollout.scores
         advantages = group_norm(rollout.scores, k, scale=a.group_scale)
     advantages = advantages[:, None]  # (B, 1)
-    if a.whiten_advantages:
+    if a.whitens():
         advantages = masked_whiten(advantages, every_row(advantages), reduce_sum=dist.reduce_sum)
     if dist.enabled:
         stats = {"returns/mean": masked_mean(sequence_reward, every_row(sequence_reward), reduce_sum=dist.sum).item()}

@@ -39,7 +39,7 @@ def ppo_advantages(
     else:
         advantages, returns = gae(rewards, rollout.values, mask, a.gamma, a.gae_lambda)  # (B, T)
     vmask = value_mask(rollout, cfg.critic.granularity)
-    if a.whiten_advantages:
+    if a.whitens():
         advantages = masked_whiten(advantages, vmask, reduce_sum=dist.reduce_sum)
     stats = {
         "val/explained_variance": explained_variance(*dist.gather_rows(rollout.values, returns, vmask)).item(),
