@@ -249,7 +249,7 @@ def accumulate_gradients(
     cfg: Config,
     num_tokens: torch.Tensor,
     num_seqs: int,
-    max_len: int,
+    kl_coef: float,
     totals: dict,
     measured: list | None = None,
 ) -> bool:
@@ -257,13 +257,13 @@ def accumulate_gradients(
     to ``totals``. Returns whether every micro-batch's loss was finite. A minibatch without old logprobs has each
     micro-batch's measured ``(old_logprobs, entropy_sum)`` appended to ``measured`` (see :func:`update`).
 
-    ``num_tokens`` / ``num_seqs`` / ``max_len`` normalise the loss: the minibatch's own for one process; under data
-    parallelism those of the global minibatch (all processes), so this process's loss is its partial sum of the
-    global loss and the gradients of all processes add up to the global gradient.
+    ``num_tokens`` / ``num_seqs`` normalise the loss: the minibatch's own for one process; under data parallelism
+    those of the global minibatch (all processes), so this process's loss is its partial sum of the global loss and
+    the gradients of all processes add up to the global gradient. ``kl_coef``: this step's β (GRPO's loss term).
     """
     loss_finite = True
     for micro in minibatch.chunks(cfg.train.micro_batch_size):
-        stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, max_len)
+        stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, kl_coef)
         if "old_logprobs" in stats:
             measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
         weight = (micro.response_mask.sum() / num_tokens).item()
@@ -284,6 +284,8 @@ def update(
     generator,
     skips: dict,
     dist: Dist = SINGLE,
+    *,
+    kl_coef: float,
 ) -> tuple[dict, Rollout]:
     """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step.
     Returns the stats and the rollout, whose old logprobs the first epoch fills in when it has none (GRPO, see
@@ -292,11 +294,11 @@ def update(
     An update whose loss or gradient is not finite is skipped (the scheduler still advances) and counted in
     ``skips``; ``train.max_nonfinite_in_a_row`` of them in a row raise :class:`NonFiniteUpdates`.
     Under data parallelism each process shuffles its own rows; the global minibatch is the union of the processes'
-    minibatches, its gradient the all-reduced sum (see :func:`accumulate_gradients`).
+    minibatches, its gradient the all-reduced sum (see :func:`accumulate_gradients`). ``kl_coef`` is this step's
+    β from the KL controller (fixed or adaptive), the one GRPO's loss uses.
     """
     a, t = cfg.algorithm, cfg.train
     minibatch_size = len(rollout) // a.num_minibatches
-    max_len = dist.max_int(rollout.response_ids.shape[1])  # seq_sum_constant's length: the longest process's T
     totals: dict[str, float] = {}
     grad_norms = []
     measured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (old logprobs (b, T), entropy sum) per micro-batch
@@ -310,7 +312,7 @@ def update(
             num_tokens = dist.sum(minibatch.response_mask.sum())  # all processes' tokens of this minibatch
             optimizer.zero_grad(set_to_none=True)
             loss_finite = accumulate_gradients(
-                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, max_len, totals, measured
+                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, kl_coef, totals, measured
             )
             if measured:  # the first epoch measured every row's old logprobs at the sampling parameters
                 old_logprobs = torch.empty_like(rollout.response_ids, dtype=measured[0][0].dtype)  # (B, T)
@@ -488,7 +490,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             # 5. K epochs × M minibatches of the clipped policy loss (+ clipped value loss for PPO)
             try:
                 update_stats, rollout = update(
-                    setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist
+                    setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist, kl_coef=kl_coef
                 )
                 if from_update:  # this process's rows only: reduce_metrics weighs it like the scoring pass's
                     entropy = update_stats.pop("objective/entropy")

@@ -132,7 +132,7 @@ def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
     rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, setup.train_prompts, cfg, g, setup.device)
     rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(len(rollout), generator=g)), cfg)
     rollout, _ = ppo_advantages(rollout, cfg, 0.05)
-    update(setup, rollout, cfg, optimizer, scheduler, params, g, {"total": 0, "in_a_row": 0})
+    update(setup, rollout, cfg, optimizer, scheduler, params, g, {"total": 0, "in_a_row": 0}, kl_coef=0.05)
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], p) for n, p in base_before.items())
     changed = [n for n, p in lora_before.items() if not torch.equal(after[n], p)]

@@ -84,7 +84,7 @@ def test_update_refuses_to_measure_old_logprobs_over_several_minibatches():
     cfg = build_config(preset="demo-grpo")  # 2 minibatches per epoch
     rollout = rollout_with([1.0, 0.0], None, None, torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="num_minibatches=1"):
-        update(None, rollout, cfg, None, None, [], torch.Generator(), {"total": 0, "in_a_row": 0})
+        update(None, rollout, cfg, None, None, [], torch.Generator(), {"total": 0, "in_a_row": 0}, kl_coef=0.2)
 
 
 def test_dr_grpo_by_default_has_no_batch_std_scaling():

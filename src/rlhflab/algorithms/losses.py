@@ -30,9 +30,11 @@ def aggregate(
 
     - ``'token_mean'``: ``Σ_{b,t} ℓ·m / N_tokens`` (N_tokens defaults to ``Σ m``)
     - ``'seq_mean'``: ``Σ_b (Σ_t ℓ·m / len_b) / N_seqs`` (N_seqs defaults to B)
-    - ``'seq_sum_constant'`` (Dr. GRPO): ``Σ_{b,t} ℓ·m / (N_seqs · max_len)`` (max_len defaults to T)
+    - ``'seq_sum_constant'`` (Dr. GRPO): ``Σ_{b,t} ℓ·m / (N_seqs · max_len)``; ``max_len`` is a constant, the
+      generation budget (``rollout.max_new_tokens``, as in the Dr. GRPO paper and TRL's ``dr_grpo``), not the
+      batch's longest response, which would change the loss scale from step to step (defaults to T)
 
-    For gradient accumulation pass the *whole* minibatch's ``num_tokens`` / ``num_seqs`` (and a fixed
+    For gradient accumulation pass the *whole* minibatch's ``num_tokens`` / ``num_seqs`` (and the fixed
     ``max_len``) to each micro-batch: the micro-batch losses then sum exactly to the minibatch loss.
     A (B,) loss is treated as (B, 1), and ``mask=None`` means every entry is valid.
     """

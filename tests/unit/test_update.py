@@ -1,0 +1,90 @@
+"""train.update on a toy policy whose logprobs are one trainable (B, T) tensor: the loss it builds, its β, its
+aggregation constant, the learning rate it applies and logs, early stopping and masked truncated rows."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlhflab.algorithms import group
+from rlhflab.algorithms.losses import aggregate
+from rlhflab.config import build_config
+from rlhflab.ops import kl_penalty
+from rlhflab.rollout import Rollout
+from rlhflab.train import update
+
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)  # (4, 3)
+ADVANTAGES = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])  # (4, 1)
+
+
+def toy(monkeypatch, theta: torch.Tensor):
+    """Row i's logprobs are ``theta[i]`` (the prompt id of row i is i): a policy without a network."""
+
+    def response_logprobs(model, micro, temperature, with_entropy=False, rows_at_once=None):
+        logprobs = theta[micro.prompt_ids[:, 0]]  # (b, T)
+        return logprobs, torch.zeros_like(logprobs) if with_entropy else None
+
+    monkeypatch.setattr(group, "response_logprobs", response_logprobs)
+    return SimpleNamespace(roles=SimpleNamespace(actor=lambda: None))
+
+
+def toy_rollout(theta, mask=MASK, advantages=ADVANTAGES, truncated=None):
+    b, t = mask.shape
+    return Rollout(
+        torch.arange(b)[:, None],
+        torch.ones(b, 1, dtype=torch.bool),
+        torch.zeros(b, t, dtype=torch.long),
+        mask,
+        logprobs=theta.detach().clone(),
+        ref_logprobs=theta.detach() - 0.3 * torch.arange(t),
+        scores=torch.zeros(b),
+        advantages=advantages,
+        **({} if truncated is None else {"truncated": truncated}),
+    )
+
+
+def toy_cfg(*overrides):
+    return build_config(
+        preset="demo-grpo",
+        overrides=[
+            "rollout.batch_size=4",
+            "train.micro_batch_size=2",
+            "algorithm.num_minibatches=1",
+            "algorithm.ppo_epochs=1",
+            "rollout.max_new_tokens=10",
+            *overrides,
+        ],
+    )
+
+
+def run_update(setup, rollout, cfg, theta, kl_coef=0.2, lr=0.1, scheduler=None):
+    optimizer = torch.optim.SGD([theta], lr=lr)
+    scheduler = scheduler(optimizer) if scheduler else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    skips = {"total": 0, "in_a_row": 0}
+    stats, _ = update(setup, rollout, cfg, optimizer, scheduler, [theta], torch.Generator(), skips, kl_coef=kl_coef)
+    return stats, scheduler
+
+
+def step0_loss(theta, kl_coef, agg, **kw):
+    """At step 0 (ratio 1) the GRPO per-token loss is −A + β·k3."""
+    k3 = kl_penalty(theta.detach(), theta.detach() - 0.3 * torch.arange(3), "k3")
+    return aggregate(-ADVANTAGES + kl_coef * k3, MASK, agg, **kw).item()
+
+
+def test_grpo_loss_uses_the_kl_coef_it_is_given_not_the_configs(monkeypatch):
+    """The adaptive controller's β (passed in) is the one in the loss; the config's fixed 0.2 is not."""
+    theta = torch.randn(4, 3, requires_grad=True)
+    setup, cfg = toy(monkeypatch, theta), toy_cfg()
+    assert cfg.algorithm.kl_coef == 0.2
+    stats, _ = run_update(setup, toy_rollout(theta), cfg, theta, kl_coef=0.7)
+    assert stats["loss/policy"] == pytest.approx(step0_loss(theta, 0.7, "token_mean"), abs=1e-6)
+    assert stats["loss/policy"] != pytest.approx(step0_loss(theta, 0.2, "token_mean"), abs=1e-3)
+
+
+def test_seq_sum_constant_divides_by_max_new_tokens_not_the_longest_response(monkeypatch):
+    """Dr. GRPO: Σ ℓ·m / (B · L) with L = rollout.max_new_tokens (10), fixed across steps, not this batch's T (3)."""
+    theta = torch.randn(4, 3, requires_grad=True)
+    setup, cfg = toy(monkeypatch, theta), toy_cfg("algorithm.loss_agg=seq_sum_constant")
+    stats, _ = run_update(setup, toy_rollout(theta), cfg, theta, kl_coef=0.2)
+    expected = step0_loss(theta, 0.2, "seq_sum_constant", num_seqs=4, max_len=10)
+    assert stats["loss/policy"] == pytest.approx(expected, abs=1e-6)
