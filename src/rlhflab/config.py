@@ -186,7 +186,8 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     """Learning-rate schedule after warm-up."""
     warmup_ratio: float = 0.1
-    """Share of optimiser updates spent warming up linearly."""
+    """Share of optimiser updates (n of them) spent warming up linearly: update u runs at lr · (u + 1) / (n + 1), so
+    the first one already moves (rlhflab.schedule.lr_factor)."""
     micro_batch_size: int = 8
     """Rows per forward/backward; gradients accumulate over the minibatch (exactly like one big batch)."""
     scoring_batch_size: int = 8

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from rlhflab import distributed
 from rlhflab.algorithms.group import group_advantages, group_micro_step
@@ -32,6 +31,7 @@ from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.rewards import CompositeReward, build_reward
 from rlhflab.rollout import PromptCodec, Rollout, generate, is_eos, response_logprobs, response_mask
+from rlhflab.schedule import build_scheduler
 from rlhflab.tracking import Trackers
 
 
@@ -305,6 +305,7 @@ def update(
     entropy = None
     if rollout.logprobs is None and a.num_minibatches != 1:
         raise ValueError("the first epoch can stand in for the old logprobs only with algorithm.num_minibatches=1")
+    lr = scheduler.get_last_lr()[0]  # the rate of this step's first update, logged as lr
     for _epoch in range(a.ppo_epochs):
         order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
         for rows in order.split(minibatch_size):
@@ -338,6 +339,7 @@ def update(
     out = {key: value / updates for key, value in totals.items()}
     out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     out["train/skipped_steps"] = skips["total"]
+    out["lr"] = lr
     if entropy is not None:
         out["objective/entropy"] = entropy
     return out, rollout
@@ -440,11 +442,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     total_updates = t.steps * a.ppo_epochs * a.num_minibatches
     warmup = int(t.warmup_ratio * total_updates)
-    scheduler = (
-        get_cosine_schedule_with_warmup(optimizer, warmup, total_updates)
-        if t.lr_schedule == "cosine"
-        else get_constant_schedule_with_warmup(optimizer, warmup)
-    )
+    scheduler = build_scheduler(optimizer, warmup, total_updates, t.lr_schedule)  # warm-up from a non-zero rate
     kl_ctl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
     skips = {"total": 0, "in_a_row": 0}  # non-finite updates skipped
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "kl_controller": kl_ctl, "sampler": sampler}
@@ -517,7 +515,6 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
                 **adv_stats,
                 "gen/length": mask.sum(1).float().mean().item(),
                 "gen/eos_rate": ended.any(1).float().mean().item(),
-                "lr": scheduler.get_last_lr()[0],
                 "time/step": finished - started,
                 "time/generate": generated - started,
                 "time/score": judged - generated,

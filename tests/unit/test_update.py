@@ -88,3 +88,37 @@ def test_seq_sum_constant_divides_by_max_new_tokens_not_the_longest_response(mon
     stats, _ = run_update(setup, toy_rollout(theta), cfg, theta, kl_coef=0.2)
     expected = step0_loss(theta, 0.2, "seq_sum_constant", num_seqs=4, max_len=10)
     assert stats["loss/policy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_lr_factor_hand_values():
+    """Warm-up (u + 1) / (warmup + 1) from the first update (never 0), then cosine to 0 at ``total``."""
+    from rlhflab.schedule import lr_factor
+
+    cosine = [lr_factor(u, warmup=2, total=6, schedule="cosine") for u in range(6)]
+    # u = 3: progress 1/4 → ½(1 + cos(π/4)) = 0.853553; u = 4: ½; u = 5: ½(1 + cos(3π/4)) = 0.146447
+    assert cosine == pytest.approx([1 / 3, 2 / 3, 1.0, 0.8535534, 0.5, 0.1464466], abs=1e-7)
+    constant = [lr_factor(u, warmup=2, total=6, schedule="constant") for u in range(6)]
+    assert constant == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0])
+    assert lr_factor(0, warmup=0, total=6, schedule="cosine") == 1.0  # no warm-up: the peak at once
+
+
+def test_the_first_update_runs_at_a_nonzero_rate_and_lr_logs_the_applied_rate(monkeypatch):
+    """Two updates in the step (2 epochs): ``lr`` is the first one's rate, 0.1 · 1/3, the one SGD applied."""
+    from rlhflab.schedule import build_scheduler
+
+    theta = torch.randn(4, 3, requires_grad=True)
+    setup, cfg = toy(monkeypatch, theta), toy_cfg("algorithm.ppo_epochs=2")
+    seen = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    stats, scheduler = run_update(
+        setup, toy_rollout(theta), cfg, theta, scheduler=lambda opt: build_scheduler(opt, 2, 6, "cosine")
+    )
+    assert seen == pytest.approx([0.1 / 3, 0.2 / 3])
+    assert stats["lr"] == pytest.approx(0.1 / 3)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.1)  # the third update's rate, after warm-up
