@@ -161,6 +161,10 @@ class AlgorithmConfig:
     """Adaptive KL controller target (summed KL per sequence); null = fixed kl_coef."""
     kl_horizon: int = 10000
     """Adaptive controller horizon, in samples (Ziegler et al. 2019)."""
+    target_kl: float | None = None
+    """Early stop of the K epochs (cleanrl): after an epoch whose minibatches' mean policy/approxkl exceeds this,
+    the remaining epochs are skipped (logged as policy/epochs; the lr schedule still advances). null = off. Not
+    kl_target, which is the adaptive beta's target for the KL to the reference."""
     whiten_advantages: bool | None = None
     """Whiten advantages over the valid tokens of the batch (mean 0, std 1). null = auto: true for ppo (as TRL's
     PPO and cleanrl), false for rloo and grpo (as TRL's RLOO and GRPO, and the papers): their advantages are already
@@ -498,6 +502,7 @@ def validate(cfg: Config) -> None:
     need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     need(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
+    need(a.target_kl is None or a.target_kl > 0, f"algorithm.target_kl: must be > 0 (or null = off), got {a.target_kl}")
     need(
         cfg.lora.bias == "none",
         f"lora.bias: {cfg.lora.bias!r} is not supported, only 'none' (biases are not trained, and a trained bias "

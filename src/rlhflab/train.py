@@ -293,6 +293,8 @@ def update(
 
     An update whose loss or gradient is not finite is skipped (the scheduler still advances) and counted in
     ``skips``; ``train.max_nonfinite_in_a_row`` of them in a row raise :class:`NonFiniteUpdates`.
+    With ``algorithm.target_kl``, an epoch whose minibatches' mean approx-KL exceeds it is the last (cleanrl's
+    early stop); the skipped updates still advance the scheduler, and the stats average the updates that ran.
     Under data parallelism each process shuffles its own rows; the global minibatch is the union of the processes'
     minibatches, its gradient the all-reduced sum (see :func:`accumulate_gradients`). ``kl_coef`` is this step's
     β from the KL controller (fixed or adaptive), the one GRPO's loss uses.
@@ -306,7 +308,9 @@ def update(
     if rollout.logprobs is None and a.num_minibatches != 1:
         raise ValueError("the first epoch can stand in for the old logprobs only with algorithm.num_minibatches=1")
     lr = scheduler.get_last_lr()[0]  # the rate of this step's first update, logged as lr
+    epochs = 0
     for _epoch in range(a.ppo_epochs):
+        approxkl_before = totals.get("policy/approxkl", 0.0)
         order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
         for rows in order.split(minibatch_size):
             minibatch = rollout.select(rows)
@@ -334,12 +338,21 @@ def update(
                     raise NonFiniteUpdates(f"{skips['in_a_row']} updates in a row had a non-finite loss or gradient")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-    updates = a.ppo_epochs * a.num_minibatches
+        epochs += 1
+        if a.target_kl is not None:  # the all-reduced mean over this epoch's minibatches: one decision everywhere
+            epoch_kl = dist.sum_values({"kl": totals["policy/approxkl"] - approxkl_before})["kl"] / a.num_minibatches
+            if epoch_kl > a.target_kl:
+                break
+    for _ in range((a.ppo_epochs - epochs) * a.num_minibatches):
+        scheduler.step()  # the skipped updates still advance the schedule: it does not depend on early stops
+    updates = epochs * a.num_minibatches
     totals = dist.sum_values(totals)  # partial sums of global losses and token-weighted means
     out = {key: value / updates for key, value in totals.items()}
     out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     out["train/skipped_steps"] = skips["total"]
     out["lr"] = lr
+    if a.target_kl is not None:
+        out["policy/epochs"] = epochs
     if entropy is not None:
         out["objective/entropy"] = entropy
     return out, rollout

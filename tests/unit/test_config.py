@@ -64,6 +64,7 @@ def test_overrides_are_typed():
         ("train.scoring_batch_size=0", "train.scoring_batch_size: must be a positive integer"),
         ("train.activation_checkpointing=some", "'some' is not valid; choose one of none, selective"),
         ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),
+        ("algorithm.target_kl=0", "algorithm.target_kl: must be > 0 (or null = off), got 0.0"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):

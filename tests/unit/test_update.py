@@ -122,3 +122,35 @@ def test_the_first_update_runs_at_a_nonzero_rate_and_lr_logs_the_applied_rate(mo
     assert seen == pytest.approx([0.1 / 3, 0.2 / 3])
     assert stats["lr"] == pytest.approx(0.1 / 3)
     assert scheduler.get_last_lr()[0] == pytest.approx(0.1)  # the third update's rate, after warm-up
+
+
+def count_steps(monkeypatch):
+    calls = []
+    step = torch.optim.SGD.step
+
+    def counting_step(self, *args, **kwargs):
+        calls.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counting_step)
+    return calls
+
+
+def test_target_kl_stops_the_epochs_once_an_epochs_mean_approxkl_exceeds_it(monkeypatch):
+    """Epoch 1 runs at the sampling policy (approx-KL 0); its update moves θ, so epoch 2's approx-KL > 1e-6 and
+    epoch 3 is skipped. The scheduler still advances by all K·M updates, so the lr schedule ignores early stops."""
+    theta = torch.randn(4, 3, requires_grad=True)
+    setup, cfg = toy(monkeypatch, theta), toy_cfg("algorithm.ppo_epochs=3", "algorithm.target_kl=1e-6")
+    steps = count_steps(monkeypatch)
+    stats, scheduler = run_update(setup, toy_rollout(theta), cfg, theta, lr=1.0)
+    assert len(steps) == 2 and stats["policy/epochs"] == 2
+    assert scheduler.last_epoch == 3
+    assert stats["policy/approxkl"] > 1e-6  # the mean over the 2 updates that ran
+
+
+def test_without_target_kl_every_epoch_runs(monkeypatch):
+    theta = torch.randn(4, 3, requires_grad=True)
+    setup, cfg = toy(monkeypatch, theta), toy_cfg("algorithm.ppo_epochs=3")
+    steps = count_steps(monkeypatch)
+    stats, scheduler = run_update(setup, toy_rollout(theta), cfg, theta, lr=1.0)
+    assert len(steps) == 3 and "policy/epochs" not in stats and scheduler.last_epoch == 3
