@@ -117,6 +117,10 @@ class RewardComponent:
 class RewardConfig:
     components: list[RewardComponent] = field(default_factory=lambda: [RewardComponent()])
     """Weighted sum of reward components; each is logged as reward/<name>."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the training score of every completion that did not end with EOS within
+    rollout.max_new_tokens (TRL's missing_eos_penalty; objective/scores includes it, reward/<name> and the eval do
+    not). null = off."""
 
 
 @dataclass
@@ -133,6 +137,9 @@ class RolloutConfig:
     """Keep only the k most likely tokens (0 = off; RL should sample the full distribution)."""
     top_p: float = 1.0
     """Nucleus sampling threshold (1 = off)."""
+    mask_truncated_completions: bool = False
+    """rloo, grpo: completions without EOS within max_new_tokens get no policy loss (their tokens are masked out of it;
+    they still count in their group's baseline), as TRL's mask_truncated_completions."""
 
 
 @dataclass
@@ -540,6 +547,12 @@ def validate(cfg: Config) -> None:
             f"{key}: expected auto or a non-empty list of module names, got {targets!r}",
         )
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
+    penalty = cfg.reward.missing_eos_penalty
+    need(penalty is None or penalty >= 0, f"reward.missing_eos_penalty: must be >= 0 (or null = off), got {penalty}")
+    need(
+        not r.mask_truncated_completions or a.name != "ppo",
+        "rollout.mask_truncated_completions: supported for rloo and grpo only (PPO's critic learns from every row)",
+    )
     for c in cfg.reward.components + cfg.eval.judges:
         need(
             c.kind != "callable" or bool(c.function and ":" in c.function),

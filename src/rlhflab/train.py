@@ -30,6 +30,7 @@ from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.rewards import CompositeReward, build_reward
+from rlhflab.rewards.base import missing_eos_penalty
 from rlhflab.rollout import PromptCodec, Rollout, generate, is_eos, response_logprobs, response_mask
 from rlhflab.schedule import build_scheduler
 from rlhflab.tracking import Trackers
@@ -266,11 +267,13 @@ def accumulate_gradients(
         stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, kl_coef)
         if "old_logprobs" in stats:
             measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
-        weight = (micro.response_mask.sum() / num_tokens).item()
+        weight = (micro.loss_mask.sum() / num_tokens).item()
         loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
         for key, value in stats.items():
-            # losses are already partial sums of the minibatch loss; means are weighted by tokens
-            totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
+            # losses are already partial sums of the minibatch loss; means are weighted by tokens (a micro-batch
+            # with no token in the loss, every row a masked truncated completion, adds nothing: its means are 0/0)
+            part = value.item() if key not in WEIGHTED_STATS else value.item() * weight if weight else 0.0
+            totals[key] = totals.get(key, 0.0) + part
     return loss_finite
 
 
@@ -314,7 +317,7 @@ def update(
         order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
         for rows in order.split(minibatch_size):
             minibatch = rollout.select(rows)
-            num_tokens = dist.sum(minibatch.response_mask.sum())  # all processes' tokens of this minibatch
+            num_tokens = dist.sum(minibatch.loss_mask.sum()).clamp(min=1)  # all processes' loss tokens of it
             optimizer.zero_grad(set_to_none=True)
             loss_finite = accumulate_gradients(
                 setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, kl_coef, totals, measured
@@ -340,7 +343,8 @@ def update(
             scheduler.step()
         epochs += 1
         if a.target_kl is not None:  # the all-reduced mean over this epoch's minibatches: one decision everywhere
-            epoch_kl = dist.sum_values({"kl": totals["policy/approxkl"] - approxkl_before})["kl"] / a.num_minibatches
+            epoch_kl = dist.sum_values({"kl": totals.get("policy/approxkl", 0.0) - approxkl_before})["kl"]
+            epoch_kl /= a.num_minibatches
             if epoch_kl > a.target_kl:
                 break
     for _ in range((a.ppo_epochs - epochs) * a.num_minibatches):
@@ -486,8 +490,13 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
                 roles.actor(), setup.codec, prompts, cfg, sample_gen, device, roles.stop_together
             )
             generated = time.perf_counter()
-            # 2. judge the completions
+            ended = (is_eos(rollout.response_ids, setup.codec.eos_ids) & rollout.response_mask).any(1)  # (B,)
+            if r.mask_truncated_completions:  # rows cut at max_new_tokens get no policy loss
+                rollout = replace(rollout, truncated=~ended)
+            # 2. judge the completions (a completion without EOS loses reward.missing_eos_penalty)
             scores, components = reward(prompts, completions)
+            if cfg.reward.missing_eos_penalty is not None:
+                scores = missing_eos_penalty(scores, ended.cpu(), cfg.reward.missing_eos_penalty)
             rollout = replace(rollout, scores=scores.to(device))
             judged = time.perf_counter()
             # 3. old logprobs (GRPO: from the update's first epoch), reference logprobs, values (no gradients)
@@ -516,7 +525,6 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             # 6. metrics (over all processes), KL controller, checkpoint
             mask = rollout.response_mask
             kl_per_seq = masked_sum(kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, dim=1)  # (B,)
-            ended = is_eos(rollout.response_ids, setup.codec.eos_ids) & mask
             metrics = {
                 "step": step,
                 "objective/scores": scores.mean().item(),
@@ -527,7 +535,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
                 **update_stats,
                 **adv_stats,
                 "gen/length": mask.sum(1).float().mean().item(),
-                "gen/eos_rate": ended.any(1).float().mean().item(),
+                "gen/eos_rate": ended.float().mean().item(),
                 "time/step": finished - started,
                 "time/generate": generated - started,
                 "time/score": judged - generated,

@@ -229,3 +229,12 @@ def test_whiten_advantages_defaults_per_algorithm(preset, expected):
     assert cfg.algorithm.whitens() is expected
     cfg.algorithm.whiten_advantages = not expected  # an explicit value wins
     assert cfg.algorithm.whitens() is (not expected)
+
+
+def test_truncation_options_are_off_by_default_and_checked():
+    cfg = build_config(preset="demo-grpo")
+    assert cfg.reward.missing_eos_penalty is None and cfg.rollout.mask_truncated_completions is False
+    with pytest.raises(UserError, match=r"^rollout.mask_truncated_completions: .*rloo and grpo"):
+        build_config(preset="demo-ppo", overrides=["rollout.mask_truncated_completions=true"])
+    with pytest.raises(UserError, match=r"^reward.missing_eos_penalty: must be >= 0"):
+        build_config(preset="demo-ppo", overrides=["reward.missing_eos_penalty=-1"])

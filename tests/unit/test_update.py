@@ -154,3 +154,36 @@ def test_without_target_kl_every_epoch_runs(monkeypatch):
     steps = count_steps(monkeypatch)
     stats, scheduler = run_update(setup, toy_rollout(theta), cfg, theta, lr=1.0)
     assert len(steps) == 3 and "policy/epochs" not in stats and scheduler.last_epoch == 3
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "seq_sum_constant"])
+def test_masked_truncated_completions_change_nothing_in_the_loss(monkeypatch, agg):
+    """Rows 1 and 3 never reached EOS: with rollout.mask_truncated_completions their advantages can be anything,
+    the loss, the stats and the update are the same, and their θ rows get no gradient."""
+    truncated = torch.tensor([False, True, False, True])
+    results = []
+    for scale in (1.0, -50.0):
+        theta = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        theta0 = theta.detach().clone()
+        setup = toy(monkeypatch, theta)
+        cfg = toy_cfg("rollout.mask_truncated_completions=true", f"algorithm.loss_agg={agg}")
+        rollout = toy_rollout(theta, advantages=torch.where(truncated[:, None], scale, ADVANTAGES), truncated=truncated)
+        stats, _ = run_update(setup, rollout, cfg, theta)
+        assert torch.equal(theta.detach()[truncated], theta0[truncated])
+        results.append((stats, theta.detach().clone()))
+    (stats_a, theta_a), (stats_b, theta_b) = results
+    assert stats_a == stats_b and torch.equal(theta_a, theta_b)
+    if agg == "token_mean":  # the mean over the kept rows' tokens only
+        kept = ~truncated
+        k3 = kl_penalty(theta0, theta0 - 0.3 * torch.arange(3), "k3")
+        expected = aggregate((-ADVANTAGES + 0.2 * k3)[kept], MASK[kept], "token_mean").item()
+        assert stats_a["loss/policy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_missing_eos_penalty_hand_values():
+    from rlhflab.rewards.base import missing_eos_penalty
+
+    scores = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    ended = torch.tensor([True, False, False, True])
+    assert missing_eos_penalty(scores, ended, 1.5).tolist() == [0.5, -2.5, 0.5, 0.0]
+    assert scores.tolist() == [0.5, -1.0, 2.0, 0.0]  # inputs are never modified

@@ -64,7 +64,8 @@ def group_micro_step(
 
     A micro-batch without old logprobs runs at the sampling parameters (GRPO's first epoch, see
     ``train.old_logprobs_from_update``): its own detached logprobs are the old ones (ratio = 1), and they come back
-    as ``old_logprobs`` (b, T) with ``entropy_sum``, the summed entropy of its response tokens."""
+    as ``old_logprobs`` (b, T) with ``entropy_sum``, the summed entropy of its response tokens. The loss sees
+    ``micro.loss_mask``: without the rows of truncated completions under ``rollout.mask_truncated_completions``."""
     a, temperature = cfg.algorithm, cfg.rollout.temperature
     first_epoch = micro.logprobs is None
     # (b, T); the entropy (a metric, no gradient) only when this pass stands in for the scoring pass
@@ -81,10 +82,10 @@ def group_micro_step(
     advantages = micro.advantages[:, 0]  # (b,)
     if a.name == "grpo":
         loss, stats = grpo_loss(
-            logprobs, old_logprobs, micro.ref_logprobs, advantages, micro.response_mask, kl_coef=kl_coef, **common
+            logprobs, old_logprobs, micro.ref_logprobs, advantages, micro.loss_mask, kl_coef=kl_coef, **common
         )
     else:
-        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, micro.response_mask, **common)
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, micro.loss_mask, **common)
     loss.backward()
     out = {"loss/policy": loss.detach(), **{f"policy/{k}": v for k, v in stats.items() if k != "kl"}}
     if "kl" in stats:

@@ -48,8 +48,8 @@ def aggregate(
     num_seqs = B if num_seqs is None else num_seqs
     if mode == "token_mean":
         return masked_sum(loss_tokens, mask) / (mask.sum() if num_tokens is None else num_tokens)
-    if mode == "seq_mean":
-        return masked_mean(loss_tokens, mask, dim=1).sum() / num_seqs
+    if mode == "seq_mean":  # a row without valid tokens (masked out of the loss) adds 0, not 0/0
+        return (masked_sum(loss_tokens, mask, dim=1) / mask.sum(1).clamp(min=1)).sum() / num_seqs
     return masked_sum(loss_tokens, mask) / (num_seqs * (T if max_len is None else max_len))
 
 
