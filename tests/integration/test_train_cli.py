@@ -232,3 +232,27 @@ def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prom
     assert all(torch.equal(deferred_weights[k], scored_weights[k]) for k in scored_weights)
     # per step, 8 rows: one scoring forward (8 rows per pass) fewer; generation and the rest are the same
     assert scored_calls - deferred_calls == 2
+
+
+def test_grpo_with_the_audit_options_through_the_cli(tiny_model_dir, prompts_file, tmp_path):
+    """Adaptive β, early stop on target_kl, masked truncated completions, missing-EOS penalty, warm-up: 2 steps run,
+    the first update's lr is train.lr / (warm-up + 1), and every logged key is documented."""
+    out = tmp_path / "grpo"
+    sets = [
+        "algorithm.name=grpo",
+        "rollout.samples_per_prompt=4",
+        "algorithm.kl_target=0.01",
+        "algorithm.target_kl=1e-9",
+        "rollout.mask_truncated_completions=true",
+        "reward.missing_eos_penalty=1.0",
+        "train.warmup_ratio=0.5",  # 2 steps × 4 epochs = 8 updates: 4 warm up
+        "train.lr=1e-3",
+    ]
+    assert main(run_args(tiny_model_dir, prompts_file, out, *[a for s in sets for a in ("--set", s)])) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert lines[0]["lr"] == pytest.approx(1e-3 / 5)
+    assert all(1 <= m["policy/epochs"] <= 4 and math.isfinite(m["loss/policy"]) for m in lines)
+    assert lines[1]["objective/kl_coef"] != lines[0]["objective/kl_coef"]  # the adaptive β moved
+    documented = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    assert all(f"`{k}`" in documented for k in lines[0] if not k.startswith("reward/"))
