@@ -75,6 +75,9 @@ class DataConfig:
     """Held-out evaluation prompts (same formats); defaults to the demo's held-out openings."""
     dataset_split: str = "train[:300]"
     """data.source imdb: the split of stanfordnlp/imdb whose review openings are the prompts."""
+    eval_dataset_split: str | None = None
+    """data.source imdb: a split whose review openings are held-out evaluation prompts, after eval.prompts (e.g.
+    test[:60], reviews never trained on); null = only eval.prompts (or the first training prompts)."""
     prompt_words: int = 10
     """data.source imdb: words of each review kept as its prompt."""
     max_prompt_tokens: int = 32
@@ -235,7 +238,9 @@ class EvalConfig:
     samples_per_prompt: int = 1
     """Completions per held-out prompt."""
     positive_threshold: float = 0.05
-    """A completion counts as positive when its score exceeds this."""
+    """Only for a reward without a judge component: a completion counts as positive when its score exceeds this.
+    Otherwise positive_share is the first judge's own verdict (VADER compound > 0.05, classifier probability > 0.5,
+    naive Bayes log-odds > 0), each judge's as positive_share/<name> in eval/summary.json."""
     judges: list[RewardComponent] = field(default_factory=list)
     """Second judges, reported beside the training reward (positive when > 0); e.g. a classifier or naive_bayes."""
 

@@ -69,6 +69,18 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
     return model_name, train_file, eval_file
 
 
+def held_out_prompts(cfg: Config, train_prompts: list[str], eval_file: str | None) -> list[str]:
+    """eval.prompts, then data.eval_prompts_file's or (imdb) data.eval_dataset_split's openings; without any, the
+    first training prompts show the change."""
+    if eval_file:
+        return cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
+    if cfg.data.source == "imdb" and cfg.data.eval_dataset_split:
+        from rlhflab.data.imdb import imdb_prompts
+
+        return cfg.eval.prompts + imdb_prompts(cfg.data.eval_dataset_split, cfg.data.prompt_words)
+    return cfg.eval.prompts or train_prompts[:16]
+
+
 def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE) -> Setup:
     """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise.
 
@@ -82,10 +94,7 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
         train_prompts = imdb_prompts(cfg.data.dataset_split, cfg.data.prompt_words)
     else:
         train_prompts = read_prompts(train_file)
-    if eval_file:
-        eval_prompts = cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
-    else:  # without held-out prompts, the first training prompts show the change
-        eval_prompts = cfg.eval.prompts or train_prompts[:16]
+    eval_prompts = held_out_prompts(cfg, train_prompts, eval_file)
     reward = build_reward(cfg.reward, cfg.model.trust_remote_code)  # a bad judge fails before the model loads
     device = dist.device(resolve_device(cfg.model.device))
     dtype = resolve_dtype(cfg.model.dtype, device)

@@ -256,3 +256,19 @@ def test_grpo_with_the_audit_options_through_the_cli(tiny_model_dir, prompts_fil
     assert lines[1]["objective/kl_coef"] != lines[0]["objective/kl_coef"]  # the adaptive β moved
     documented = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     assert all(f"`{k}`" in documented for k in lines[0] if not k.startswith("reward/"))
+
+
+def test_positive_share_is_the_judges_verdict_through_the_cli(tiny_model_dir, prompts_file, tmp_path):
+    """Reward = VADER + 0.5 · repetition (as the imdb presets' classifier + repetition): positive_share counts
+    VADER compound > 0.05 on each side's completions, not score > eval.positive_threshold."""
+    from rlhflab.rewards.lexicon import VaderReward
+
+    out = tmp_path / "run"
+    reward = "reward.components=[{name: vader, kind: lexicon}, {name: repetition, kind: repetition, weight: 0.5}]"
+    assert main(run_args(tiny_model_dir, prompts_file, out, "--set", reward, "--steps", "1")) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    for side in ("before", "after"):
+        rows = [json.loads(line) for line in (out / "eval" / f"{side}.jsonl").read_text().splitlines()]
+        verdict = sum(v > 0.05 for v in VaderReward()([row["completion"] for row in rows])) / len(rows)
+        assert summary[side]["positive_share"] == verdict == summary[side]["positive_share/vader"]
+    assert "positive share (vader's verdict)" in (out / "report.md").read_text()
