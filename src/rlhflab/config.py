@@ -180,7 +180,7 @@ class AlgorithmConfig:
     PPO and cleanrl), false for rloo and grpo (as TRL's RLOO and GRPO, and the papers): their advantages are already
     baselined per prompt, and a batch-std scaling would undo Dr. GRPO's unscaled R - mean (group_scale false)."""
     loss_agg: Literal["token_mean", "seq_mean", "seq_sum_constant"] = "token_mean"
-    """How per-token losses become one number (seq_sum_constant = Dr. GRPO)."""
+    """How per-token losses become one number (seq_sum_constant = Dr. GRPO: sum / (rows x rollout.max_new_tokens))."""
     rloo_baseline: Literal["leave_one_out", "batch_mean", "none"] = "leave_one_out"
     """rloo: the baseline subtracted from each sample's reward."""
     group_scale: bool = True
