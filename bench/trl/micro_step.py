@@ -56,7 +56,7 @@ def main() -> None:
     num_tokens = rollout.response_mask.sum()
 
     def ours():
-        ppo_micro_step(setup.roles, rollout, cfg, num_tokens, args.rows, RESPONSE)
+        ppo_micro_step(setup.roles, rollout, cfg, num_tokens, args.rows, cfg.algorithm.kl_coef)
 
     policy = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),

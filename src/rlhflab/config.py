@@ -47,7 +47,8 @@ class LoraSettings:
     dropout: float = 0.05
     """LoRA dropout; only active when train.dropout is true (PPO's step-0 invariants need it off)."""
     bias: Literal["none", "all", "lora_only"] = "none"
-    """Which biases the adapter trains."""
+    """Which biases the adapter trains: only none is supported (all / lora_only are refused: the optimiser takes
+    LoRA matrices only, and with model.roles shared a trained bias would move the reference model too)."""
     target_modules: list[str] | str = "auto"
     """Module names that receive LoRA, or auto: every linear layer of the decoder blocks (LM head excluded)."""
 
@@ -74,6 +75,9 @@ class DataConfig:
     """Held-out evaluation prompts (same formats); defaults to the demo's held-out openings."""
     dataset_split: str = "train[:300]"
     """data.source imdb: the split of stanfordnlp/imdb whose review openings are the prompts."""
+    eval_dataset_split: str | None = None
+    """data.source imdb: a split whose review openings are held-out evaluation prompts, after eval.prompts (e.g.
+    test[:60], reviews never trained on); null = only eval.prompts (or the first training prompts)."""
     prompt_words: int = 10
     """data.source imdb: words of each review kept as its prompt."""
     max_prompt_tokens: int = 32
@@ -116,6 +120,10 @@ class RewardComponent:
 class RewardConfig:
     components: list[RewardComponent] = field(default_factory=lambda: [RewardComponent()])
     """Weighted sum of reward components; each is logged as reward/<name>."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the training score of every completion that did not end with EOS within
+    rollout.max_new_tokens (TRL's missing_eos_penalty; objective/scores includes it, reward/<name> and the eval do
+    not). null = off."""
 
 
 @dataclass
@@ -132,6 +140,9 @@ class RolloutConfig:
     """Keep only the k most likely tokens (0 = off; RL should sample the full distribution)."""
     top_p: float = 1.0
     """Nucleus sampling threshold (1 = off)."""
+    mask_truncated_completions: bool = False
+    """rloo, grpo: completions without EOS within max_new_tokens get no policy loss (their tokens are masked out of it;
+    they still count in their group's baseline), as TRL's mask_truncated_completions."""
 
 
 @dataclass
@@ -160,14 +171,24 @@ class AlgorithmConfig:
     """Adaptive KL controller target (summed KL per sequence); null = fixed kl_coef."""
     kl_horizon: int = 10000
     """Adaptive controller horizon, in samples (Ziegler et al. 2019)."""
-    whiten_advantages: bool = True
-    """Whiten advantages over the valid tokens of the batch."""
+    target_kl: float | None = None
+    """Early stop of the K epochs (cleanrl): after an epoch whose minibatches' mean policy/approxkl exceeds this,
+    the remaining epochs are skipped (logged as policy/epochs; the lr schedule still advances). null = off. Not
+    kl_target, which is the adaptive beta's target for the KL to the reference."""
+    whiten_advantages: bool | None = None
+    """Whiten advantages over the valid tokens of the batch (mean 0, std 1). null = auto: true for ppo (as TRL's
+    PPO and cleanrl), false for rloo and grpo (as TRL's RLOO and GRPO, and the papers): their advantages are already
+    baselined per prompt, and a batch-std scaling would undo Dr. GRPO's unscaled R - mean (group_scale false)."""
     loss_agg: Literal["token_mean", "seq_mean", "seq_sum_constant"] = "token_mean"
-    """How per-token losses become one number (seq_sum_constant = Dr. GRPO)."""
+    """How per-token losses become one number (seq_sum_constant = Dr. GRPO: sum / (rows x rollout.max_new_tokens))."""
     rloo_baseline: Literal["leave_one_out", "batch_mean", "none"] = "leave_one_out"
     """rloo: the baseline subtracted from each sample's reward."""
     group_scale: bool = True
     """grpo: divide by the group's std (false = Dr. GRPO's mean-centring only)."""
+
+    def whitens(self) -> bool:
+        """whiten_advantages, with null (auto) resolved per algorithm: ppo true, rloo and grpo false."""
+        return self.name == "ppo" if self.whiten_advantages is None else self.whiten_advantages
 
 
 @dataclass
@@ -179,7 +200,8 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     """Learning-rate schedule after warm-up."""
     warmup_ratio: float = 0.1
-    """Share of optimiser updates spent warming up linearly."""
+    """Share of optimiser updates (n of them) spent warming up linearly: update u runs at lr · (u + 1) / (n + 1), so
+    the first one already moves (rlhflab.schedule.lr_factor)."""
     micro_batch_size: int = 8
     """Rows per forward/backward; gradients accumulate over the minibatch (exactly like one big batch)."""
     scoring_batch_size: int = 8
@@ -216,7 +238,9 @@ class EvalConfig:
     samples_per_prompt: int = 1
     """Completions per held-out prompt."""
     positive_threshold: float = 0.05
-    """A completion counts as positive when its score exceeds this."""
+    """Only for a reward without a judge component: a completion counts as positive when its score exceeds this.
+    Otherwise positive_share is the first judge's own verdict (VADER compound > 0.05, classifier probability > 0.5,
+    naive Bayes log-odds > 0), each judge's as positive_share/<name> in eval/summary.json."""
     judges: list[RewardComponent] = field(default_factory=list)
     """Second judges, reported beside the training reward (positive when > 0); e.g. a classifier or naive_bayes."""
 
@@ -490,6 +514,12 @@ def validate(cfg: Config) -> None:
     need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     need(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
+    need(a.target_kl is None or a.target_kl > 0, f"algorithm.target_kl: must be > 0 (or null = off), got {a.target_kl}")
+    need(
+        cfg.lora.bias == "none",
+        f"lora.bias: {cfg.lora.bias!r} is not supported, only 'none' (biases are not trained, and a trained bias "
+        "would also move the shared reference model)",
+    )
     need(
         0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1,
         f"algorithm.gamma / algorithm.gae_lambda: must be in [0, 1], got {a.gamma} / {a.gae_lambda}",
@@ -522,6 +552,12 @@ def validate(cfg: Config) -> None:
             f"{key}: expected auto or a non-empty list of module names, got {targets!r}",
         )
     need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
+    penalty = cfg.reward.missing_eos_penalty
+    need(penalty is None or penalty >= 0, f"reward.missing_eos_penalty: must be >= 0 (or null = off), got {penalty}")
+    need(
+        not r.mask_truncated_completions or a.name != "ppo",
+        "rollout.mask_truncated_completions: supported for rloo and grpo only (PPO's critic learns from every row)",
+    )
     for c in cfg.reward.components + cfg.eval.judges:
         need(
             c.kind != "callable" or bool(c.function and ":" in c.function),

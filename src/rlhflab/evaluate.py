@@ -3,6 +3,11 @@
 Writes ``eval/before.jsonl``, ``eval/after.jsonl`` (prompt, completion, score per line) and ``eval/summary.json``
 (score_mean, positive_share, distinct_1, distinct_2, mean_length, eos_rate, ref_perplexity for each side), and
 prints a table a newcomer can read.
+
+``positive_share`` is the verdict of the training reward's first judge (a lexicon, classifier or naive_bayes
+component; :func:`judge_verdicts`), each judge's own as ``positive_share/<name>``: the composite score would count
+its shaping terms (the imdb presets' repetition term adds ~0.45 to any text). A reward without a judge component
+falls back to score > ``eval.positive_threshold``.
 """
 
 from __future__ import annotations
@@ -10,14 +15,19 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from rlhflab.config import Config, load_config
+from rlhflab.config import Config, RewardComponent, load_config
 from rlhflab.errors import UserError
 from rlhflab.ops import masked_sum
-from rlhflab.rewards.base import build_judge
+from rlhflab.rewards.base import Judge, build_judge
+
+VERDICT_THRESHOLDS = {"lexicon": 0.05, "classifier": 0.5, "naive_bayes": 0.0}
+"""A judge calls a text positive above this: VADER compound > 0.05 (VADER's own convention), a classifier's label
+probability > 0.5, naive Bayes log-odds > 0 (probability > 0.5)."""
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -73,6 +83,28 @@ def sample_and_judge(
     return rows, summary
 
 
+def judge_verdicts(
+    components: list[RewardComponent], trust_remote_code: bool = False
+) -> list[tuple[str, Judge, float]]:
+    """(name, judge, threshold) for each reward component that is a judge (lexicon, classifier, naive_bayes), in
+    order; a classifier is rebuilt to output its label's probability whatever it outputs in training."""
+    verdicts = []
+    for spec in components:
+        if spec.kind in VERDICT_THRESHOLDS:
+            spec = replace(spec, output="probability") if spec.kind == "classifier" else spec
+            verdicts.append((spec.name, build_judge(spec, trust_remote_code), VERDICT_THRESHOLDS[spec.kind]))
+    return verdicts
+
+
+def verdict_shares(verdicts: list[tuple[str, Judge, float]], rows: list[dict]) -> dict[str, float]:
+    """``positive_share/<name>``: the share of ``rows`` (prompt, completion) each judge calls positive."""
+    prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
+    shares = {}
+    for name, judge, threshold in verdicts:
+        shares[f"positive_share/{name}"] = sum(v > threshold for v in judge(prompts, completions)) / len(rows)
+    return shares
+
+
 def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool = True) -> dict:
     """Evaluate the reference model and the trained policy of a loaded setup; write and print the results.
 
@@ -85,6 +117,12 @@ def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool =
     after, after_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
     if not main_process:
         return {}
+    verdicts = judge_verdicts(cfg.reward.components, cfg.model.trust_remote_code)
+    for rows, side_summary in ((before, before_summary), (after, after_summary)):
+        shares = verdict_shares(verdicts, rows)
+        if shares:  # the first judge's verdict; without a judge component, score > eval.positive_threshold stays
+            side_summary["positive_share"] = next(iter(shares.values()))
+            side_summary.update(shares)
     for spec in cfg.eval.judges:  # second judges: did the policy learn the task or the training judge's quirks?
         judge = build_judge(spec, cfg.model.trust_remote_code)
         for rows, side_summary in ((before, before_summary), (after, after_summary)):

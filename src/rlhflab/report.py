@@ -329,7 +329,8 @@ def format_duration(seconds: float) -> str:
 def held_out(cfg: dict) -> bool:
     """Whether the evaluation prompts were held out; without any configured, train.py uses the first training ones."""
     data, ev = section(cfg, "data"), section(cfg, "eval")
-    return data.get("source", "demo") == "demo" or bool(data.get("eval_prompts_file")) or bool(ev.get("prompts"))
+    held = bool(data.get("eval_prompts_file")) or bool(data.get("eval_dataset_split")) or bool(ev.get("prompts"))
+    return data.get("source", "demo") == "demo" or held
 
 
 def eval_intro(cfg: dict, n) -> str:
@@ -349,9 +350,12 @@ def summary_rows(threshold, side: dict) -> list[tuple[str, str, str]]:
     """(label, summary key, format) of the before/after summary table (terminal, report, model card); ``side`` is
     one side's summary, for the second judges it names."""
     second_judges = [key for key in side if key.startswith("judge/") and key.endswith("_positive_share")]
+    verdicts = [key.removeprefix("positive_share/") for key in side if key.startswith("positive_share/")]
+    positive = f"positive share ({verdicts[0]}'s verdict)" if verdicts else f"positive share (score > {threshold})"
     return [
         ("mean score", "score_mean", "{:+.3f}"),
-        (f"positive share (score > {threshold})", "positive_share", "{:.0%}"),
+        (positive, "positive_share", "{:.0%}"),
+        *((f"positive share ({name}'s verdict)", f"positive_share/{name}", "{:.0%}") for name in verdicts[1:]),
         *((f"second judge {key[6:-15]}: positive share", key, "{:.0%}") for key in second_judges),
         ("distinct-2 (diversity)", "distinct_2", "{:.3f}"),
         ("mean length (tokens)", "mean_length", "{:.1f}"),

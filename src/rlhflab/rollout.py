@@ -44,6 +44,7 @@ class Rollout:
     scores: torch.Tensor | None = None  # (B,) judge score
     advantages: torch.Tensor | None = None  # (B, T) or (B, 1)
     returns: torch.Tensor | None = None  # same shape as values
+    truncated: torch.Tensor | None = None  # (B,) bool, no EOS within max_new_tokens; set = masked out of the loss
 
     @property
     def input_ids(self) -> torch.Tensor:  # (B, P + T)
@@ -52,6 +53,10 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:  # (B, P + T) bool
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def loss_mask(self) -> torch.Tensor:  # (B, T) bool: the response tokens the policy loss sees
+        return self.response_mask if self.truncated is None else self.response_mask & ~self.truncated[:, None]
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]

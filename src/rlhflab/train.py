@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from rlhflab import distributed
 from rlhflab.algorithms.group import group_advantages, group_micro_step
@@ -31,7 +30,9 @@ from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.rewards import CompositeReward, build_reward
+from rlhflab.rewards.base import missing_eos_penalty
 from rlhflab.rollout import PromptCodec, Rollout, generate, is_eos, response_logprobs, response_mask
+from rlhflab.schedule import build_scheduler
 from rlhflab.tracking import Trackers
 
 
@@ -71,6 +72,18 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
     return resolve_model_name(model_name), train_file, eval_file
 
 
+def held_out_prompts(cfg: Config, train_prompts: list[str], eval_file: str | None) -> list[str]:
+    """eval.prompts, then data.eval_prompts_file's or (imdb) data.eval_dataset_split's openings; without any, the
+    first training prompts show the change."""
+    if eval_file:
+        return cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
+    if cfg.data.source == "imdb" and cfg.data.eval_dataset_split:
+        from rlhflab.data.imdb import imdb_prompts
+
+        return cfg.eval.prompts + imdb_prompts(cfg.data.eval_dataset_split, cfg.data.prompt_words)
+    return cfg.eval.prompts or train_prompts[:16]
+
+
 def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE) -> Setup:
     """Tokenizer, roles and prompts; the critic exists only for PPO unless ``with_critic`` says otherwise.
 
@@ -84,10 +97,7 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
         train_prompts = imdb_prompts(cfg.data.dataset_split, cfg.data.prompt_words)
     else:
         train_prompts = read_prompts(train_file)
-    if eval_file:
-        eval_prompts = cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
-    else:  # without held-out prompts, the first training prompts show the change
-        eval_prompts = cfg.eval.prompts or train_prompts[:16]
+    eval_prompts = held_out_prompts(cfg, train_prompts, eval_file)
     reward = build_reward(cfg.reward, cfg.model.trust_remote_code)  # a bad judge fails before the model loads
     device = dist.device(resolve_device(cfg.model.device))
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -252,7 +262,7 @@ def accumulate_gradients(
     cfg: Config,
     num_tokens: torch.Tensor,
     num_seqs: int,
-    max_len: int,
+    kl_coef: float,
     totals: dict,
     measured: list | None = None,
 ) -> bool:
@@ -260,20 +270,22 @@ def accumulate_gradients(
     to ``totals``. Returns whether every micro-batch's loss was finite. A minibatch without old logprobs has each
     micro-batch's measured ``(old_logprobs, entropy_sum)`` appended to ``measured`` (see :func:`update`).
 
-    ``num_tokens`` / ``num_seqs`` / ``max_len`` normalise the loss: the minibatch's own for one process; under data
-    parallelism those of the global minibatch (all processes), so this process's loss is its partial sum of the
-    global loss and the gradients of all processes add up to the global gradient.
+    ``num_tokens`` / ``num_seqs`` normalise the loss: the minibatch's own for one process; under data parallelism
+    those of the global minibatch (all processes), so this process's loss is its partial sum of the global loss and
+    the gradients of all processes add up to the global gradient. ``kl_coef``: this step's β (GRPO's loss term).
     """
     loss_finite = True
     for micro in minibatch.chunks(cfg.train.micro_batch_size):
-        stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, max_len)
+        stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, kl_coef)
         if "old_logprobs" in stats:
             measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
-        weight = (micro.response_mask.sum() / num_tokens).item()
+        weight = (micro.loss_mask.sum() / num_tokens).item()
         loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
         for key, value in stats.items():
-            # losses are already partial sums of the minibatch loss; means are weighted by tokens
-            totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
+            # losses are already partial sums of the minibatch loss; means are weighted by tokens (a micro-batch
+            # with no token in the loss, every row a masked truncated completion, adds nothing: its means are 0/0)
+            part = value.item() if key not in WEIGHTED_STATS else value.item() * weight if weight else 0.0
+            totals[key] = totals.get(key, 0.0) + part
     return loss_finite
 
 
@@ -287,6 +299,8 @@ def update(
     generator,
     skips: dict,
     dist: Dist = SINGLE,
+    *,
+    kl_coef: float,
 ) -> tuple[dict, Rollout]:
     """K epochs × M shuffled minibatches; each minibatch accumulates micro-batches into one optimiser step.
     Returns the stats and the rollout, whose old logprobs the first epoch fills in when it has none (GRPO, see
@@ -294,26 +308,31 @@ def update(
 
     An update whose loss or gradient is not finite is skipped (the scheduler still advances) and counted in
     ``skips``; ``train.max_nonfinite_in_a_row`` of them in a row raise :class:`NonFiniteUpdates`.
+    With ``algorithm.target_kl``, an epoch whose minibatches' mean approx-KL exceeds it is the last (cleanrl's
+    early stop); the skipped updates still advance the scheduler, and the stats average the updates that ran.
     Under data parallelism each process shuffles its own rows; the global minibatch is the union of the processes'
-    minibatches, its gradient the all-reduced sum (see :func:`accumulate_gradients`).
+    minibatches, its gradient the all-reduced sum (see :func:`accumulate_gradients`). ``kl_coef`` is this step's
+    β from the KL controller (fixed or adaptive), the one GRPO's loss uses.
     """
     a, t = cfg.algorithm, cfg.train
     minibatch_size = len(rollout) // a.num_minibatches
-    max_len = dist.max_int(rollout.response_ids.shape[1])  # seq_sum_constant's length: the longest process's T
     totals: dict[str, float] = {}
     grad_norms = []
     measured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (old logprobs (b, T), entropy sum) per micro-batch
     entropy = None
     if rollout.logprobs is None and a.num_minibatches != 1:
         raise ValueError("the first epoch can stand in for the old logprobs only with algorithm.num_minibatches=1")
+    lr = scheduler.get_last_lr()[0]  # the rate of this step's first update, logged as lr
+    epochs = 0
     for _epoch in range(a.ppo_epochs):
+        approxkl_before = totals.get("policy/approxkl", 0.0)
         order = torch.randperm(len(rollout), generator=generator).to(rollout.prompt_ids.device)
         for rows in order.split(minibatch_size):
             minibatch = rollout.select(rows)
-            num_tokens = dist.sum(minibatch.response_mask.sum())  # all processes' tokens of this minibatch
+            num_tokens = dist.sum(minibatch.loss_mask.sum()).clamp(min=1)  # all processes' loss tokens of it
             optimizer.zero_grad(set_to_none=True)
             loss_finite = accumulate_gradients(
-                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, max_len, totals, measured
+                setup, minibatch, cfg, num_tokens, len(minibatch) * dist.world_size, kl_coef, totals, measured
             )
             if measured:  # the first epoch measured every row's old logprobs at the sampling parameters
                 old_logprobs = torch.empty_like(rollout.response_ids, dtype=measured[0][0].dtype)  # (B, T)
@@ -334,11 +353,22 @@ def update(
                     raise NonFiniteUpdates(f"{skips['in_a_row']} updates in a row had a non-finite loss or gradient")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-    updates = a.ppo_epochs * a.num_minibatches
+        epochs += 1
+        if a.target_kl is not None:  # the all-reduced mean over this epoch's minibatches: one decision everywhere
+            epoch_kl = dist.sum_values({"kl": totals.get("policy/approxkl", 0.0) - approxkl_before})["kl"]
+            epoch_kl /= a.num_minibatches
+            if epoch_kl > a.target_kl:
+                break
+    for _ in range((a.ppo_epochs - epochs) * a.num_minibatches):
+        scheduler.step()  # the skipped updates still advance the schedule: it does not depend on early stops
+    updates = epochs * a.num_minibatches
     totals = dist.sum_values(totals)  # partial sums of global losses and token-weighted means
     out = {key: value / updates for key, value in totals.items()}
     out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     out["train/skipped_steps"] = skips["total"]
+    out["lr"] = lr
+    if a.target_kl is not None:
+        out["policy/epochs"] = epochs
     if entropy is not None:
         out["objective/entropy"] = entropy
     return out, rollout
@@ -441,11 +471,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     total_updates = t.steps * a.ppo_epochs * a.num_minibatches
     warmup = int(t.warmup_ratio * total_updates)
-    scheduler = (
-        get_cosine_schedule_with_warmup(optimizer, warmup, total_updates)
-        if t.lr_schedule == "cosine"
-        else get_constant_schedule_with_warmup(optimizer, warmup)
-    )
+    scheduler = build_scheduler(optimizer, warmup, total_updates, t.lr_schedule)  # warm-up from a non-zero rate
     kl_ctl = KLController(a.kl_coef, a.kl_target, a.kl_horizon)
     skips = {"total": 0, "in_a_row": 0}  # non-finite updates skipped
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "kl_controller": kl_ctl, "sampler": sampler}
@@ -476,8 +502,13 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
                 roles.actor(), setup.codec, prompts, cfg, sample_gen, device, roles.stop_together
             )
             generated = time.perf_counter()
-            # 2. judge the completions
+            ended = (is_eos(rollout.response_ids, setup.codec.eos_ids) & rollout.response_mask).any(1)  # (B,)
+            if r.mask_truncated_completions:  # rows cut at max_new_tokens get no policy loss
+                rollout = replace(rollout, truncated=~ended)
+            # 2. judge the completions (a completion without EOS loses reward.missing_eos_penalty)
             scores, components = reward(prompts, completions)
+            if cfg.reward.missing_eos_penalty is not None:
+                scores = missing_eos_penalty(scores, ended.cpu(), cfg.reward.missing_eos_penalty)
             rollout = replace(rollout, scores=scores.to(device))
             judged = time.perf_counter()
             # 3. old logprobs (GRPO: from the update's first epoch), reference logprobs, values (no gradients)
@@ -491,7 +522,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             # 5. K epochs × M minibatches of the clipped policy loss (+ clipped value loss for PPO)
             try:
                 update_stats, rollout = update(
-                    setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist
+                    setup, rollout, cfg, optimizer, scheduler, params, shuffle_gen, skips, dist, kl_coef=kl_coef
                 )
                 if from_update:  # this process's rows only: reduce_metrics weighs it like the scoring pass's
                     entropy = update_stats.pop("objective/entropy")
@@ -506,7 +537,6 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
             # 6. metrics (over all processes), KL controller, checkpoint
             mask = rollout.response_mask
             kl_per_seq = masked_sum(kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, dim=1)  # (B,)
-            ended = is_eos(rollout.response_ids, setup.codec.eos_ids) & mask
             metrics = {
                 "step": step,
                 "objective/scores": scores.mean().item(),
@@ -517,8 +547,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool) -> Path:
                 **update_stats,
                 **adv_stats,
                 "gen/length": mask.sum(1).float().mean().item(),
-                "gen/eos_rate": ended.any(1).float().mean().item(),
-                "lr": scheduler.get_last_lr()[0],
+                "gen/eos_rate": ended.float().mean().item(),
                 "time/step": finished - started,
                 "time/generate": generated - started,
                 "time/score": judged - generated,

@@ -103,8 +103,7 @@ def gradient_step(setup, rollout, cfg, dist: Dist):
         p.grad = None
     totals: dict[str, float] = {}
     num_tokens = dist.sum(rollout.response_mask.sum())
-    max_len = dist.max_int(rollout.response_ids.shape[1])
-    finite = accumulate_gradients(setup, rollout, cfg, num_tokens, len(rollout) * dist.world_size, max_len, totals)
+    finite = accumulate_gradients(setup, rollout, cfg, num_tokens, len(rollout) * dist.world_size, 0.05, totals)
     assert dist.all_reduce_gradients(params, finite)
     return rollout.advantages, [p.grad.clone() for p in params], dist.sum_values(totals)
 

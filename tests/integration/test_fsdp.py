@@ -68,7 +68,8 @@ def score_and_update(setup, rollout: Rollout, cfg, dist: Dist):
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     skips = {"total": 0, "in_a_row": 0}
-    stats, _ = update(setup, rollout, cfg, optimizer, scheduler, params, torch.Generator().manual_seed(0), skips, dist)
+    gen = torch.Generator().manual_seed(0)
+    stats, _ = update(setup, rollout, cfg, optimizer, scheduler, params, gen, skips, dist, kl_coef=0.05)
     return passes, [p.detach().clone() for p in params], stats
 
 

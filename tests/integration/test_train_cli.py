@@ -132,7 +132,7 @@ def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
     rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, setup.train_prompts, cfg, g, setup.device)
     rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(len(rollout), generator=g)), cfg)
     rollout, _ = ppo_advantages(rollout, cfg, 0.05)
-    update(setup, rollout, cfg, optimizer, scheduler, params, g, {"total": 0, "in_a_row": 0})
+    update(setup, rollout, cfg, optimizer, scheduler, params, g, {"total": 0, "in_a_row": 0}, kl_coef=0.05)
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], p) for n, p in base_before.items())
     changed = [n for n, p in lora_before.items() if not torch.equal(after[n], p)]
@@ -232,3 +232,43 @@ def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prom
     assert all(torch.equal(deferred_weights[k], scored_weights[k]) for k in scored_weights)
     # per step, 8 rows: one scoring forward (8 rows per pass) fewer; generation and the rest are the same
     assert scored_calls - deferred_calls == 2
+
+
+def test_grpo_with_the_audit_options_through_the_cli(tiny_model_dir, prompts_file, tmp_path):
+    """Adaptive β, early stop on target_kl, masked truncated completions, missing-EOS penalty, warm-up: 2 steps run,
+    the first update's lr is train.lr / (warm-up + 1), and every logged key is documented."""
+    out = tmp_path / "grpo"
+    sets = [
+        "algorithm.name=grpo",
+        "rollout.samples_per_prompt=4",
+        "algorithm.kl_target=0.01",
+        "algorithm.target_kl=1e-9",
+        "rollout.mask_truncated_completions=true",
+        "reward.missing_eos_penalty=1.0",
+        "train.warmup_ratio=0.5",  # 2 steps × 4 epochs = 8 updates: 4 warm up
+        "train.lr=1e-3",
+    ]
+    assert main(run_args(tiny_model_dir, prompts_file, out, *[a for s in sets for a in ("--set", s)])) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert lines[0]["lr"] == pytest.approx(1e-3 / 5)
+    assert all(1 <= m["policy/epochs"] <= 4 and math.isfinite(m["loss/policy"]) for m in lines)
+    assert lines[1]["objective/kl_coef"] != lines[0]["objective/kl_coef"]  # the adaptive β moved
+    documented = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    assert all(f"`{k}`" in documented for k in lines[0] if not k.startswith("reward/"))
+
+
+def test_positive_share_is_the_judges_verdict_through_the_cli(tiny_model_dir, prompts_file, tmp_path):
+    """Reward = VADER + 0.5 · repetition (as the imdb presets' classifier + repetition): positive_share counts
+    VADER compound > 0.05 on each side's completions, not score > eval.positive_threshold."""
+    from rlhflab.rewards.lexicon import VaderReward
+
+    out = tmp_path / "run"
+    reward = "reward.components=[{name: vader, kind: lexicon}, {name: repetition, kind: repetition, weight: 0.5}]"
+    assert main(run_args(tiny_model_dir, prompts_file, out, "--set", reward, "--steps", "1")) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    for side in ("before", "after"):
+        rows = [json.loads(line) for line in (out / "eval" / f"{side}.jsonl").read_text().splitlines()]
+        verdict = sum(v > 0.05 for v in VaderReward()([row["completion"] for row in rows])) / len(rows)
+        assert summary[side]["positive_share"] == verdict == summary[side]["positive_share/vader"]
+    assert "positive share (vader's verdict)" in (out / "report.md").read_text()

@@ -11,6 +11,7 @@ from rlhflab.config import (
     field_docs,
     from_dict,
     load_config,
+    load_preset_dict,
     preset_names,
     save_config,
     to_dict,
@@ -63,6 +64,7 @@ def test_overrides_are_typed():
         ("train.scoring_batch_size=0", "train.scoring_batch_size: must be a positive integer"),
         ("train.activation_checkpointing=some", "'some' is not valid; choose one of none, selective"),
         ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),
+        ("algorithm.target_kl=0", "algorithm.target_kl: must be > 0 (or null = off), got 0.0"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
@@ -207,3 +209,32 @@ def test_compile_refuses_the_untested_combinations(other):
     with pytest.raises(UserError, match=f"train.compile: not supported together with {other.split('=')[0]}"):
         build_config(overrides=["train.compile=true", other])
     build_config(overrides=["train.compile=true"])  # alone it is fine
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_lora_bias_other_than_none_is_refused(bias):
+    """No bias reaches the optimiser (and a trained bias would move the shared reference): refuse, one line."""
+    with pytest.raises(UserError) as err:
+        build_config(preset="demo-ppo", overrides=[f"lora.bias={bias}"])
+    assert f"lora.bias: {bias!r}" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("demo-ppo", True), ("demo-rloo", False), ("demo-grpo", False)])
+def test_whiten_advantages_defaults_per_algorithm(preset, expected):
+    """null (the default) = auto: PPO whitens, RLOO and GRPO do not (a batch-std scaling would undo Dr. GRPO)."""
+    data = load_preset_dict(preset)
+    data["algorithm"].pop("whiten_advantages", None)
+    cfg = from_dict(Config, data)
+    assert cfg.algorithm.whiten_advantages is None
+    assert cfg.algorithm.whitens() is expected
+    cfg.algorithm.whiten_advantages = not expected  # an explicit value wins
+    assert cfg.algorithm.whitens() is (not expected)
+
+
+def test_truncation_options_are_off_by_default_and_checked():
+    cfg = build_config(preset="demo-grpo")
+    assert cfg.reward.missing_eos_penalty is None and cfg.rollout.mask_truncated_completions is False
+    with pytest.raises(UserError, match=r"^rollout.mask_truncated_completions: .*rloo and grpo"):
+        build_config(preset="demo-ppo", overrides=["rollout.mask_truncated_completions=true"])
+    with pytest.raises(UserError, match=r"^reward.missing_eos_penalty: must be >= 0"):
+        build_config(preset="demo-ppo", overrides=["reward.missing_eos_penalty=-1"])

@@ -84,4 +84,21 @@ def test_update_refuses_to_measure_old_logprobs_over_several_minibatches():
     cfg = build_config(preset="demo-grpo")  # 2 minibatches per epoch
     rollout = rollout_with([1.0, 0.0], None, None, torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="num_minibatches=1"):
-        update(None, rollout, cfg, None, None, [], torch.Generator(), {"total": 0, "in_a_row": 0})
+        update(None, rollout, cfg, None, None, [], torch.Generator(), {"total": 0, "in_a_row": 0}, kl_coef=0.2)
+
+
+def test_dr_grpo_by_default_has_no_batch_std_scaling():
+    """group_scale=false with the default whiten_advantages (auto): A = R − mean_group, not rescaled by the batch
+    std (which whitening would put back: here std 0.5 → advantages × 2)."""
+    cfg = build_config(
+        overrides=[
+            "algorithm.name=grpo",
+            "algorithm.group_scale=false",
+            "rollout.samples_per_prompt=2",
+            "rollout.batch_size=4",
+            "train.micro_batch_size=2",
+        ]
+    )
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    out, _ = group_advantages(rollout_with([1.0, 2.0, 5.0, 4.0], torch.zeros(4, 1), torch.zeros(4, 1), mask), cfg, 0.0)
+    assert out.advantages.flatten().tolist() == pytest.approx([-0.5, 0.5, 0.5, -0.5])

@@ -230,13 +230,13 @@ def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_f
         for p in roles.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     params = roles.trainable_parameters()
-    num_tokens, max_len = rollout.response_mask.sum(), rollout.response_ids.shape[1]
+    num_tokens = rollout.response_mask.sum()
 
     def accumulate(micro_size):
         for p in params:
             p.grad = None
         for micro in rollout.chunks(micro_size):
-            ppo_micro_step(roles, micro, cfg, num_tokens, len(rollout), max_len)
+            ppo_micro_step(roles, micro, cfg, num_tokens, len(rollout), 0.05)
         return _grads(params)
 
     big, small = accumulate(8), accumulate(2)
@@ -285,7 +285,7 @@ def test_compiled_blocks_give_the_same_numbers(tiny_model_dir, prompts_file):
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
         rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
         rollout, _ = ppo_advantages(rollout, cfg, 0.05)
-        ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 6)
+        ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 0.05)
         results.append((rollout, _grads(params), counters["stats"]["unique_graphs"]))
     (eager, eager_grads, eager_graphs), (compiled, compiled_grads, graphs) = results
     assert eager_graphs == 0 and graphs >= 3  # policy, reference and critic passes, with and without gradients
@@ -343,7 +343,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_model_dir, promp
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 6)
+            ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 0.05)
         grads.append(_grads(params))
         saved.append(count[0])
     assert all(g.abs().sum() > 0 for g in grads[0])
@@ -379,7 +379,7 @@ def test_roles_add_lora_in_place_with_the_same_gradients_except_under_selective_
             layers = [m for r in setup.roles.models() for m in r.modules() if type(m) is LoraLinear]
             installed.append(sum("forward" in vars(m) for m in layers) / len(layers))
             rollout, params = _rollout_and_moved_weights(setup, cfg)
-            ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 6)
+            ppo_micro_step(setup.roles, rollout, cfg, rollout.response_mask.sum(), len(rollout), 0.05)
             grads.append(_grads(params))
         assert installed == [0.0, 0.0 if mode == "selective" else 1.0], (mode, installed)
         assert all(g.abs().sum() > 0 for g in grads[0])

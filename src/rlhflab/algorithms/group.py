@@ -41,7 +41,7 @@ def group_advantages(
         sequence_reward = rollout.scores
         advantages = group_norm(rollout.scores, k, scale=a.group_scale)
     advantages = advantages[:, None]  # (B, 1)
-    if a.whiten_advantages:
+    if a.whitens():
         advantages = masked_whiten(advantages, every_row(advantages), reduce_sum=dist.reduce_sum)
     if dist.enabled:
         stats = {"returns/mean": masked_mean(sequence_reward, every_row(sequence_reward), reduce_sum=dist.sum).item()}
@@ -56,13 +56,16 @@ def every_row(x: torch.Tensor) -> torch.Tensor:
 
 
 def group_micro_step(
-    roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int
+    roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, kl_coef: float
 ) -> dict[str, torch.Tensor]:
-    """Clipped surrogate with per-sequence advantages (+ β·k3 per token for GRPO); backpropagated at once.
+    """Clipped surrogate with per-sequence advantages (+ β·k3 per token for GRPO, β = ``kl_coef``: this step's
+    value of the KL controller, not the fixed ``algorithm.kl_coef``); backpropagated at once. RLOO's β is already
+    in its advantages.
 
     A micro-batch without old logprobs runs at the sampling parameters (GRPO's first epoch, see
     ``train.old_logprobs_from_update``): its own detached logprobs are the old ones (ratio = 1), and they come back
-    as ``old_logprobs`` (b, T) with ``entropy_sum``, the summed entropy of its response tokens."""
+    as ``old_logprobs`` (b, T) with ``entropy_sum``, the summed entropy of its response tokens. The loss sees
+    ``micro.loss_mask``: without the rows of truncated completions under ``rollout.mask_truncated_completions``."""
     a, temperature = cfg.algorithm, cfg.rollout.temperature
     first_epoch = micro.logprobs is None
     # (b, T); the entropy (a metric, no gradient) only when this pass stands in for the scoring pass
@@ -74,15 +77,15 @@ def group_micro_step(
         agg=a.loss_agg,
         num_tokens=num_tokens,
         num_seqs=num_seqs,
-        max_len=max_len,
+        max_len=cfg.rollout.max_new_tokens,  # seq_sum_constant's L: the generation budget, the same every step
     )
     advantages = micro.advantages[:, 0]  # (b,)
     if a.name == "grpo":
         loss, stats = grpo_loss(
-            logprobs, old_logprobs, micro.ref_logprobs, advantages, micro.response_mask, kl_coef=a.kl_coef, **common
+            logprobs, old_logprobs, micro.ref_logprobs, advantages, micro.loss_mask, kl_coef=kl_coef, **common
         )
     else:
-        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, micro.response_mask, **common)
+        loss, stats = ppo_policy_loss(logprobs, old_logprobs, advantages, micro.loss_mask, **common)
     loss.backward()
     out = {"loss/policy": loss.detach(), **{f"policy/{k}": v for k, v in stats.items() if k != "kl"}}
     if "kl" in stats:

@@ -30,9 +30,11 @@ def aggregate(
 
     - ``'token_mean'``: ``Σ_{b,t} ℓ·m / N_tokens`` (N_tokens defaults to ``Σ m``)
     - ``'seq_mean'``: ``Σ_b (Σ_t ℓ·m / len_b) / N_seqs`` (N_seqs defaults to B)
-    - ``'seq_sum_constant'`` (Dr. GRPO): ``Σ_{b,t} ℓ·m / (N_seqs · max_len)`` (max_len defaults to T)
+    - ``'seq_sum_constant'`` (Dr. GRPO): ``Σ_{b,t} ℓ·m / (N_seqs · max_len)``; ``max_len`` is a constant, the
+      generation budget (``rollout.max_new_tokens``, as in the Dr. GRPO paper and TRL's ``dr_grpo``), not the
+      batch's longest response, which would change the loss scale from step to step (defaults to T)
 
-    For gradient accumulation pass the *whole* minibatch's ``num_tokens`` / ``num_seqs`` (and a fixed
+    For gradient accumulation pass the *whole* minibatch's ``num_tokens`` / ``num_seqs`` (and the fixed
     ``max_len``) to each micro-batch: the micro-batch losses then sum exactly to the minibatch loss.
     A (B,) loss is treated as (B, 1), and ``mask=None`` means every entry is valid.
     """
@@ -46,8 +48,8 @@ def aggregate(
     num_seqs = B if num_seqs is None else num_seqs
     if mode == "token_mean":
         return masked_sum(loss_tokens, mask) / (mask.sum() if num_tokens is None else num_tokens)
-    if mode == "seq_mean":
-        return masked_mean(loss_tokens, mask, dim=1).sum() / num_seqs
+    if mode == "seq_mean":  # a row without valid tokens (masked out of the loss) adds 0, not 0/0
+        return (masked_sum(loss_tokens, mask, dim=1) / mask.sum(1).clamp(min=1)).sum() / num_seqs
     return masked_sum(loss_tokens, mask) / (num_seqs * (T if max_len is None else max_len))
 
 

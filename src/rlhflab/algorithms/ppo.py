@@ -39,7 +39,7 @@ def ppo_advantages(
     else:
         advantages, returns = gae(rewards, rollout.values, mask, a.gamma, a.gae_lambda)  # (B, T)
     vmask = value_mask(rollout, cfg.critic.granularity)
-    if a.whiten_advantages:
+    if a.whitens():
         advantages = masked_whiten(advantages, vmask, reduce_sum=dist.reduce_sum)
     stats = {
         "val/explained_variance": explained_variance(*dist.gather_rows(rollout.values, returns, vmask)).item(),
@@ -50,12 +50,13 @@ def ppo_advantages(
 
 
 def ppo_micro_step(
-    roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, max_len: int
+    roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, kl_coef: float
 ) -> dict[str, torch.Tensor]:
     """Policy loss and value loss of one micro-batch, each backpropagated right away (normalised by the whole
     minibatch's token / sequence counts, so accumulation equals one big batch; under data parallelism, the
-    global minibatch's counts and ``max_len``). Returns detached stats."""
-    a = cfg.algorithm
+    global minibatch's counts). ``kl_coef`` is unused: PPO's β is already in the rewards behind the advantages.
+    Returns detached stats."""
+    a, max_len = cfg.algorithm, cfg.rollout.max_new_tokens  # seq_sum_constant's L: the generation budget
     mask = micro.response_mask
     logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
     advantages = micro.advantages if micro.advantages.shape[1] > 1 else micro.advantages[:, 0]  # (b, T) | (b,)

@@ -49,6 +49,13 @@ class CompositeReward:
 Judge = Callable[[list[str], list[str]], list[float]]
 
 
+def missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``score_b − penalty · [not ended_b]``: completions cut at ``max_new_tokens`` (no EOS) lose ``penalty``.
+
+    scores (B,), ended (B,) bool (True = the response holds an EOS) → (B,); inputs are not modified."""
+    return scores - penalty * (~ended).to(scores.dtype)
+
+
 def load_callable(spec: str, key: str) -> Callable:
     """Import ``module:function`` -- the only way user code enters a run (named explicitly in the config)."""
     module_name, _, attr = spec.partition(":")

@@ -1,0 +1,67 @@
+"""Evaluation: positive share from each judge's own verdict, and enough held-out completions in the presets."""
+
+import sys
+import types
+
+import pytest
+from conftest import build_classifier
+
+from rlhflab.config import RewardComponent, build_config
+
+
+def test_each_judge_component_has_its_own_verdict_and_shaping_terms_have_none(tmp_path):
+    """VADER compound > 0.05, a classifier's label probability > 0.5 (whatever its training output), naive Bayes
+    log-odds > 0; repetition, short and callables are no judges."""
+    from rlhflab.evaluate import judge_verdicts
+
+    clf = build_classifier(tmp_path / "clf", {0: "NEGATIVE", 1: "POSITIVE"})
+    components = [
+        RewardComponent(name="vader", kind="lexicon"),
+        RewardComponent(name="repetition", kind="repetition", weight=0.5),
+        RewardComponent(name="sentiment", kind="classifier", model=str(clf), output="logit", device="cpu"),
+        RewardComponent(name="fn", kind="callable", function="reward_fns:length_reward"),
+    ]
+    verdicts = judge_verdicts(components)
+    assert [(name, threshold) for name, _, threshold in verdicts] == [("vader", 0.05), ("sentiment", 0.5)]
+    texts = ["a wonderful film with great acting", "awful and boring, the worst plot", "it was a film"]
+    probabilities = verdicts[1][1](["" for _ in texts], texts)
+    assert all(0 < p < 1 for p in probabilities)  # probabilities, not logits
+    assert verdicts[0][1](["", ""], ["great, wonderful", "it was a film"]) == pytest.approx([0.8316, 0.0], abs=1e-4)
+
+
+def test_positive_share_is_the_first_judges_verdict_not_the_composite_score():
+    """The imdb-like reward (VADER + 0.5 · repetition): a neutral text scores +0.5 (its repetition term), so the
+    composite score > 0.05 calls 3 of 4 texts positive; VADER's verdict calls 1 of 4 positive."""
+    from rlhflab.evaluate import judge_verdicts, verdict_shares
+
+    components = [
+        RewardComponent(name="vader", kind="lexicon"),
+        RewardComponent(name="repetition", kind="repetition", weight=0.5),
+    ]
+    rows = [
+        {"prompt": "", "completion": text}
+        for text in ["it was a film", "a wonderful film", "this is bad and the plot is awful", "it was a film"]
+    ]
+    shares = verdict_shares(judge_verdicts(components), rows)
+    assert shares == {"positive_share/vader": 0.25}
+
+
+def fake_imdb(monkeypatch):
+    def load_dataset(name, split):
+        part, _, size = split.partition("[:")
+        return [{"text": f"{part} review number {i} was a film of some kind"} for i in range(int(size.rstrip("]")))]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "rloo", "grpo"])
+def test_imdb_presets_evaluate_at_least_64_held_out_completions(monkeypatch, algo):
+    """Before: 4 prompts × 1 sample. Now the 4 published openings + IMDB test-split openings, none a training prompt."""
+    from rlhflab.train import held_out_prompts
+
+    fake_imdb(monkeypatch)
+    cfg = build_config(preset=f"imdb-pythia-410m-{algo}")
+    train_prompts = [f"train review number {i} was a film of" for i in range(300)]
+    prompts = held_out_prompts(cfg, train_prompts, None)[: cfg.eval.max_prompts]
+    assert len(prompts) * cfg.eval.samples_per_prompt >= 64
+    assert prompts[:4] == cfg.eval.prompts and not set(prompts) & set(train_prompts)
