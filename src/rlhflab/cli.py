@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="hub id or local directory of the model to fine-tune")
     p.add_argument("--data", help="text file (one document per line) or JSONL ('text' field) to train on")
     p.add_argument("--output-dir", help="where the fine-tuned model is saved")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier SFT output in --output-dir")
     p.add_argument("--epochs", type=float, help="passes over the data (default 1)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
@@ -214,7 +215,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from rlhflab.sft import SFTConfig, SFTRecipe, build_recipe, recipe_texts, run_sft, sft_preset_names
+    from rlhflab.sft import (
+        SFTConfig,
+        SFTRecipe,
+        build_recipe,
+        check_sft_output_dir,
+        recipe_texts,
+        run_sft,
+        sft_preset_names,
+    )
 
     if args.list_presets:
         print("\n".join(sft_preset_names()))
@@ -243,8 +252,9 @@ def cmd_sft(args) -> int:
 
         print(yaml.safe_dump(asdict(recipe), sort_keys=False), end="")
         return 0
+    check_sft_output_dir(recipe.output_dir, args.overwrite)  # before the documents load (a download, for IMDB)
     texts = recipe_texts(recipe)
-    stats = run_sft(recipe.model, texts, Path(recipe.output_dir), recipe.sft)
+    stats = run_sft(recipe.model, texts, Path(recipe.output_dir), recipe.sft, overwrite=args.overwrite)
     print(
         f"sft done: {stats['steps']} steps, {stats['tokens']} tokens in {stats['time_s']:.0f} s, loss "
         f"{stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; saved to {recipe.output_dir}"

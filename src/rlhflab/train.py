@@ -30,6 +30,7 @@ from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
+from rlhflab.outdir import check_output_dir, is_run_dir
 from rlhflab.rewards import CompositeReward, build_reward
 from rlhflab.rollout import Rollout, generate, response_logprobs, response_mask
 from rlhflab.tracking import Trackers
@@ -101,11 +102,9 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
 
 
 def check_run_dir(cfg: Config, overwrite: bool) -> Path:
-    """Refuse an output directory that already holds a run, unless told to overwrite it."""
-    run_dir = Path(cfg.output_dir)
-    if (run_dir / "config.yaml").exists() and not overwrite:
-        raise UserError(f"--output-dir: {run_dir} already holds a run; pass --overwrite to replace it")
-    return run_dir
+    """Refuse an output directory that already holds a run, unless told to overwrite it, and any other non-empty
+    directory (see :mod:`rlhflab.outdir`)."""
+    return check_output_dir(Path(cfg.output_dir), is_run_dir, "a run", overwrite)
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, note: str | None = None) -> Path:
