@@ -63,6 +63,8 @@ def test_overrides_are_typed():
         ("train.scoring_batch_size=0", "train.scoring_batch_size: must be a positive integer"),
         ("train.activation_checkpointing=some", "'some' is not valid; choose one of none, selective"),
         ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),
+        ("checkpoint.keep=0", "checkpoint.keep: must be a positive integer, got 0"),  # [:-0] kept them all
+        ("checkpoint.keep=-1", "checkpoint.keep: must be a positive integer, got -1"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
