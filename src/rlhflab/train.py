@@ -251,11 +251,14 @@ def accumulate_gradients(
         stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, max_len)
         if "old_logprobs" in stats:
             measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
-        weight = (micro.response_mask.sum() / num_tokens).item()
+        token_share = (micro.response_mask.sum() / num_tokens).item()
+        row_share = len(micro) / num_seqs  # a sequence critic's stats are means over rows, not tokens
         loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
         for key, value in stats.items():
-            # losses are already partial sums of the minibatch loss; means are weighted by tokens
-            totals[key] = totals.get(key, 0.0) + value.item() * (weight if key in WEIGHTED_STATS else 1.0)
+            # losses are already partial sums of the minibatch loss; means are weighted by tokens (or rows)
+            by_rows = key.startswith("val/") and cfg.critic.granularity == "sequence"
+            weight = (row_share if by_rows else token_share) if key in WEIGHTED_STATS else 1.0
+            totals[key] = totals.get(key, 0.0) + value.item() * weight
     return loss_finite
 
 

@@ -217,32 +217,59 @@ def _grads(params):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
+class KeepGradients(torch.optim.SGD):
+    """lr 0: ``step`` changes no weight and keeps a copy of the gradients it was given."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.seen: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        self.seen.append(_grads(p for group in self.param_groups for p in group["params"]))
+
+
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
-def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity):
-    cfg = make_cfg(tiny_model_dir, prompts_file, f"critic.granularity={granularity}")
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean", "seq_sum_constant"])
+def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity, loss_agg):
+    """Through ``train.update`` (the normalisers it passes, its accumulation and clipping): 4 micro-batches of 2
+    rows give the gradient and the loss stats of one micro-batch of 8, within 1e-6."""
+    from rlhflab.train import update
+
+    extra = [f"critic.granularity={granularity}", f"algorithm.loss_agg={loss_agg}", "algorithm.ppo_epochs=1"]
+    cfg = make_cfg(tiny_model_dir, prompts_file, *extra, "algorithm.num_minibatches=1", "train.max_grad_norm=1e9")
     setup = load_setup(cfg)
     roles = setup.roles
     g = torch.Generator().manual_seed(0)
     rollout, _ = sample_rollout(roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    ids = rollout.response_ids.clone()
+    for row, end in enumerate([1, 3, 5, 2, 0, 4, 5, 1]):  # unequal lengths: the normalisers matter
+        ids[row, end] = setup.tokenizer.eos_token_id
+    ids[2, 5] = ids[6, 5] = 7  # two rows run to the end without an EOS
+    rollout = replace(rollout, response_ids=ids, response_mask=response_mask(ids, setup.tokenizer.eos_token_id))
+    assert len(set(rollout.response_mask.sum(1).tolist())) == 6
     rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
     rollout, _ = ppo_advantages(rollout, cfg, 0.05)
     with torch.no_grad():  # move away from the zero init so every term has a gradient
         for p in roles.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     params = roles.trainable_parameters()
-    num_tokens, max_len = rollout.response_mask.sum(), rollout.response_ids.shape[1]
 
-    def accumulate(micro_size):
-        for p in params:
-            p.grad = None
-        for micro in rollout.chunks(micro_size):
-            ppo_micro_step(roles, micro, cfg, num_tokens, len(rollout), max_len)
-        return _grads(params)
+    def run_update(micro_size):
+        cfg.train.micro_batch_size = micro_size
+        optimizer = KeepGradients(params)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        shuffle = torch.Generator().manual_seed(1)
+        stats, _ = update(setup, rollout, cfg, optimizer, scheduler, params, shuffle, {"total": 0, "in_a_row": 0})
+        assert len(optimizer.seen) == 1
+        return optimizer.seen[0], stats
 
-    big, small = accumulate(8), accumulate(2)
+    (big, big_stats), (small, small_stats) = run_update(8), run_update(2)
     assert all(b.abs().sum() > 0 for b in big), "every LoRA weight of both adapters and the head gets a gradient"
     for b, s in zip(big, small):
         torch.testing.assert_close(s, b, atol=1e-6, rtol=0)
+    assert big_stats.keys() == small_stats.keys()
+    for key in big_stats:
+        assert small_stats[key] == pytest.approx(big_stats[key], abs=1e-6), key
 
 
 def test_scoring_rows_per_pass_change_no_number(tiny_model_dir, prompts_file):
