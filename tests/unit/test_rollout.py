@@ -192,6 +192,80 @@ def test_tokens_after_eos_change_nothing(tiny_model_dir):
     assert torch.equal(loss_a, loss_b)
 
 
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+def test_tokens_after_eos_change_no_reward_advantage_loss_or_metric(tiny_model_dir, prompts_file, granularity):
+    """DESIGN §3.4 through a whole PPO step: rewriting the tokens after each row's EOS changes no log-prob, value,
+    per-token reward, GAE advantage or return, no gradient of the policy or value loss (K epochs of updates, the
+    weights moving), and no step metric (the update's and the advantages' stats, the entropy, the KL, the lengths
+    and the EOS rate, computed as the loop computes them)."""
+    from rlhflab.algorithms.advantages import token_rewards
+    from rlhflab.algorithms.ppo import value_mask
+    from rlhflab.ops import kl_penalty, masked_sum
+    from rlhflab.train import update
+
+    cfg = make_cfg(tiny_model_dir, prompts_file, f"critic.granularity={granularity}", "train.micro_batch_size=2")
+    setup = load_setup(cfg)
+    roles, eos = setup.roles, setup.tokenizer.eos_token_id
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    ids = rollout.response_ids.clone()
+    for row, end in enumerate([1, 3, 2, 0, 4, 2, 3, 1]):  # every row ends, each at its own place
+        ids[row, end] = eos
+    mask = response_mask(ids, eos)
+    after = ~mask
+    rewritten = ids.clone()
+    rewritten[after] = torch.randint(2, len(setup.tokenizer), (int(after.sum()),), generator=g)
+    assert (rewritten[after] != eos).all() and not torch.equal(rewritten, ids)
+    scores = torch.randn(8, generator=g)
+    params = roles.trainable_parameters()
+    with torch.no_grad():  # off the zero init: KL, values and every gradient are non-zero
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    start = [p.detach().clone() for p in params]
+
+    results = []
+    for response_ids in (ids, rewritten):
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        r = replace(rollout, response_ids=response_ids, response_mask=mask, scores=scores)
+        scored, entropy = score_rollout(setup, r, cfg)
+        rewards, _ = token_rewards(scored.logprobs, scored.ref_logprobs, scored.scores, mask, 0.05)
+        scored, adv_stats = ppo_advantages(scored, cfg, 0.05)
+        optimizer = KeepGradients(params, lr=0.5)  # the weights move: later epochs see ratios != 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        shuffle = torch.Generator().manual_seed(1)
+        stats, _ = update(setup, scored, cfg, optimizer, scheduler, params, shuffle, {"total": 0, "in_a_row": 0})
+        kl = masked_sum(kl_penalty(scored.logprobs, scored.ref_logprobs, "k1"), mask, dim=1)  # (B,)
+        metrics = {
+            **adv_stats,
+            **stats,
+            "objective/entropy": entropy,
+            "objective/kl": kl.mean().item(),
+            "objective/rlhf_reward": (scores - 0.05 * kl).mean().item(),
+            "gen/length": mask.sum(1).float().mean().item(),
+            "gen/eos_rate": ((response_ids == eos) & mask).any(1).float().mean().item(),
+        }
+        results.append((scored, rewards, optimizer.seen, metrics))
+
+    (a, rewards_a, grads_a, metrics_a), (b, rewards_b, grads_b, metrics_b) = results
+    vmask = value_mask(a, granularity)
+    for name, x, y, keep in [
+        ("logprobs", a.logprobs, b.logprobs, mask),
+        ("ref_logprobs", a.ref_logprobs, b.ref_logprobs, mask),
+        ("values", a.values, b.values, vmask),
+        ("advantages", a.advantages, b.advantages, vmask),
+        ("returns", a.returns, b.returns, vmask),
+    ]:
+        assert torch.equal(x[keep], y[keep]), name
+    assert torch.equal(rewards_a, rewards_b) and (rewards_a[mask] != 0).all() and (rewards_a[after] == 0).all()
+    assert len(grads_a) == cfg.algorithm.ppo_epochs * cfg.algorithm.num_minibatches == len(grads_b)
+    for update_a, update_b in zip(grads_a, grads_b):
+        assert all(torch.equal(x, y) for x, y in zip(update_a, update_b))
+    assert metrics_a.keys() == metrics_b.keys() and metrics_a == metrics_b
+    assert metrics_a["policy/clipfrac"] > 0 and metrics_a["loss/value"] > 0 and metrics_a["val/clipfrac"] >= 0
+
+
 @pytest.mark.parametrize("layout", ["shared", "separate"])
 def test_step0_invariants(tiny_model_dir, prompts_file, layout):
     """LoRA B starts at zero and dropout is off: policy = reference exactly, values exactly 0."""
@@ -218,14 +292,15 @@ def _grads(params):
 
 
 class KeepGradients(torch.optim.SGD):
-    """lr 0: ``step`` changes no weight and keeps a copy of the gradients it was given."""
+    """SGD (lr 0 by default: no weight moves) whose ``step`` keeps a copy of the gradients it was given."""
 
-    def __init__(self, params):
-        super().__init__(params, lr=0.0)
+    def __init__(self, params, lr=0.0):
+        super().__init__(params, lr=lr)
         self.seen: list[list[torch.Tensor]] = []
 
     def step(self, closure=None):
         self.seen.append(_grads(p for group in self.param_groups for p in group["params"]))
+        return super().step(closure)
 
 
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
