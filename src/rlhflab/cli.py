@@ -177,6 +177,7 @@ def _resume(args) -> int:
     """--resume --output-dir DIR: the run's own config.yaml; --steps N extends (or shortens) it, see resume_steps."""
     from rlhflab.checkpoint import latest_checkpoint
     from rlhflab.config import load_config, save_config
+    from rlhflab.distributed import launched_rank
     from rlhflab.train import train
 
     if not args.output_dir:
@@ -200,10 +201,13 @@ def _resume(args) -> int:
     cfg.output_dir = args.output_dir
     if args.steps is not None and args.steps != cfg.train.steps:
         resume_steps(cfg, args.steps, int(checkpoint.name.removeprefix("step-")))
-        comments = [line for line in config_file.read_text().splitlines(keepends=True) if line.startswith("#")]
-        save_config(cfg, config_file)  # the run's config tells its new length; the launch note stays
-        with config_file.open("a") as f:
-            f.write("".join(comments))
+        if launched_rank() == 0:  # the run's config tells its new length; the launch note stays
+            comments = [line for line in config_file.read_text().splitlines(keepends=True) if line.startswith("#")]
+            tmp = config_file.with_name("config.yaml.tmp")
+            save_config(cfg, tmp)
+            with tmp.open("a") as f:
+                f.write("".join(comments))
+            tmp.replace(config_file)  # whole or not at all: other torchrun processes may be reading it
     train(cfg, resume=True)
     return 0
 
