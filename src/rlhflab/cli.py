@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="hub id or local directory of the model to fine-tune")
     p.add_argument("--data", help="text file (one document per line) or JSONL ('text' field) to train on")
     p.add_argument("--output-dir", help="where the fine-tuned model is saved")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier SFT output in --output-dir")
     p.add_argument("--epochs", type=float, help="passes over the data (default 1)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
@@ -72,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", help="a preset name (see --list-presets)")
     source.add_argument("--config", help="a YAML config file")
     _add_run_options(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output-dir from its newest checkpoint, with its own config.yaml (no --seed, "
+        "--preset, --config, --set, --overwrite); --steps N extends a run whose train.lr_schedule is constant",
+    )
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--help-config", action="store_true", help="print every config key with its default and meaning")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -168,24 +174,66 @@ def cmd_train(args) -> int:
 
 
 def _resume(args) -> int:
-    """--resume --output-dir DIR: the run's own config.yaml, plus --steps / --set given now."""
-    from rlhflab.config import build_config
+    """--resume --output-dir DIR: the run's own config.yaml; --steps N extends (or shortens) it, see resume_steps."""
+    from rlhflab.checkpoint import latest_checkpoint
+    from rlhflab.config import load_config, save_config
+    from rlhflab.distributed import launched_rank
     from rlhflab.train import train
 
     if not args.output_dir:
         raise UserError("--resume needs --output-dir DIR, the run to continue")
-    config_file = Path(args.output_dir) / "config.yaml"
+    given = {"--seed": args.seed is not None, "--preset": args.preset, "--config": args.config}
+    given |= {"--set": args.overrides, "--overwrite": args.overwrite}
+    option = next((option for option, value in given.items() if value), None)
+    if option:
+        raise UserError(
+            f"--resume: {option} cannot change a run; it continues with its own config.yaml in {args.output_dir} "
+            "(start a new run for other settings; --steps N may extend it)"
+        )
+    run_dir = Path(args.output_dir)
+    config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise UserError(f"--resume: {args.output_dir} is not a run directory (no config.yaml)")
-    from rlhflab.checkpoint import latest_checkpoint
-
-    if latest_checkpoint(Path(args.output_dir)) is None:
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
         raise UserError(f"--resume: {args.output_dir} has no complete checkpoint to resume from")
-    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
-    cfg = build_config(config_file=str(config_file), overrides=overrides)
+    cfg = load_config(config_file)
     cfg.output_dir = args.output_dir
+    if args.steps is not None and args.steps != cfg.train.steps:
+        resume_steps(cfg, args.steps, int(checkpoint.name.removeprefix("step-")))
+        if launched_rank() == 0:  # the run's config tells its new length; the launch note stays
+            comments = [line for line in config_file.read_text().splitlines(keepends=True) if line.startswith("#")]
+            tmp = config_file.with_name("config.yaml.tmp")
+            save_config(cfg, tmp)
+            with tmp.open("a") as f:
+                f.write("".join(comments))
+            tmp.replace(config_file)  # whole or not at all: other torchrun processes may be reading it
     train(cfg, resume=True)
     return 0
+
+
+def resume_steps(cfg, steps: int, checkpoint_step: int) -> None:
+    """Set ``train.steps`` of a resumed run to ``steps``, or refuse what would not be the same run made longer.
+
+    The learning-rate schedule is built for the run's length: a cosine schedule over more steps would have given
+    the steps already taken other learning rates, so only a constant schedule (past its warm-up) changes length.
+    The run goes on from its newest checkpoint exactly as if it had been started with ``steps`` steps (a finished
+    run redoes the steps after that checkpoint, identically, then goes on)."""
+    t, a = cfg.train, cfg.algorithm
+    if steps <= checkpoint_step:
+        raise UserError(f"--steps {steps}: the newest checkpoint is at step {checkpoint_step}; give more steps")
+    if t.lr_schedule != "constant":
+        raise UserError(
+            f"--steps {steps}: train.lr_schedule is {t.lr_schedule}, fixed over the run's {t.steps} steps; only a run "
+            "with train.lr_schedule=constant can change its length on --resume"
+        )
+    updates_done = checkpoint_step * a.ppo_epochs * a.num_minibatches
+    if updates_done < int(t.warmup_ratio * steps * a.ppo_epochs * a.num_minibatches):
+        raise UserError(
+            f"--steps {steps}: the newest checkpoint (step {checkpoint_step}) is inside the warm-up of a "
+            f"{steps}-step run (train.warmup_ratio {t.warmup_ratio}); its learning rate would change"
+        )
+    t.steps = steps
 
 
 def cmd_demo(args) -> int:
@@ -214,7 +262,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from rlhflab.sft import SFTConfig, SFTRecipe, build_recipe, recipe_texts, run_sft, sft_preset_names
+    from rlhflab.sft import (
+        SFTConfig,
+        SFTRecipe,
+        build_recipe,
+        check_sft_output_dir,
+        recipe_texts,
+        run_sft,
+        sft_preset_names,
+    )
 
     if args.list_presets:
         print("\n".join(sft_preset_names()))
@@ -243,8 +299,9 @@ def cmd_sft(args) -> int:
 
         print(yaml.safe_dump(asdict(recipe), sort_keys=False), end="")
         return 0
+    check_sft_output_dir(recipe.output_dir, args.overwrite)  # before the documents load (a download, for IMDB)
     texts = recipe_texts(recipe)
-    stats = run_sft(recipe.model, texts, Path(recipe.output_dir), recipe.sft)
+    stats = run_sft(recipe.model, texts, Path(recipe.output_dir), recipe.sft, overwrite=args.overwrite)
     print(
         f"sft done: {stats['steps']} steps, {stats['tokens']} tokens in {stats['time_s']:.0f} s, loss "
         f"{stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; saved to {recipe.output_dir}"

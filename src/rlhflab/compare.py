@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rlhflab.config import Config, build_config, preset_names, to_dict
 from rlhflab.errors import UserError
+from rlhflab.outdir import check_output_dir
 
 ALGOS = ("ppo", "rloo", "grpo")
 LABELS = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
@@ -360,7 +361,7 @@ def run_compare(
     steps instead. Seeds are the preset's seed + 0 … seeds-1. ``overrides`` (``key=value``) apply to every run.
     Finished runs in ``output_dir`` are reused, interrupted ones resumed. Returns the path of ``compare.md``.
     """
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir(Path(output_dir), lambda path: (path / STATE_FILE).is_file(), "a comparison", None)
     plan = plan_compare(preset_family, list(algos), budget, seeds, output_dir, list(overrides), steps)
     states = {spec.name: run_state(Path(spec.config.output_dir), spec.config) for spec in plan.runs}
     output_dir.mkdir(parents=True, exist_ok=True)

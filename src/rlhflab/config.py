@@ -268,7 +268,7 @@ class CheckpointConfig:
     every: int = 0
     """Steps between checkpoints (0 = only the final one)."""
     keep: int = 2
-    """How many step checkpoints to keep."""
+    """How many step checkpoints to keep (the newest; at least 1)."""
 
 
 @dataclass
@@ -500,6 +500,7 @@ def validate(cfg: Config) -> None:
         ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
         ("eval.max_prompts", cfg.eval.max_prompts),
         ("train.max_nonfinite_in_a_row", t.max_nonfinite_in_a_row),
+        ("checkpoint.keep", cfg.checkpoint.keep),
     ]:
         need(value > 0, f"{key}: must be a positive integer, got {value}")
     for key, value in [

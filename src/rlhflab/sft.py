@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from transformers import get_cosine_schedule_with_warmup
 from rlhflab.config import LoraSettings, apply_override, from_dict
 from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device
+from rlhflab.outdir import check_output_dir
 from rlhflab.rollout import position_ids
 
 IGNORE_INDEX = -100
@@ -294,23 +296,36 @@ def train_sft(
     return stats
 
 
+def is_sft_output(path: Path) -> bool:
+    return (path / "sft_stats.json").is_file()
+
+
+def check_sft_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse an earlier SFT output without ``overwrite``, and any other non-empty directory."""
+    return check_output_dir(Path(output_dir), is_sft_output, "an SFT output", overwrite)
+
+
 def run_sft(
     model_name: str,
     texts: Sequence[str],
     output_dir: str | Path,
     cfg: SFTConfig,
     eval_texts: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Load ``model_name`` (hub id or local dir), ``train_sft`` it, save to ``output_dir``; return the stats.
 
     Saves the LoRA adapter in PEFT format (``PeftModel.from_pretrained(base, output_dir)``) in LoRA mode, the
-    full model (safetensors) otherwise, plus the tokenizer and ``sft_stats.json``.
+    full model (safetensors) otherwise, plus the tokenizer and ``sft_stats.json``. An earlier SFT output there is
+    replaced only with ``overwrite``; any other non-empty directory is refused (:mod:`rlhflab.outdir`).
     """
+    out = check_sft_output_dir(output_dir, overwrite)
     tokenizer = load_tokenizer(model_name)
     model = load_causal_lm(model_name, dtype=torch.float32, device=resolve_device(cfg.device))
     stats = train_sft(model, tokenizer, texts, cfg, eval_texts)
     trained = stats.pop("model")
-    out = Path(output_dir)
+    if overwrite and out.exists():
+        shutil.rmtree(out)  # check_sft_output_dir made sure it is an earlier SFT output
     out.mkdir(parents=True, exist_ok=True)
     trained.save_pretrained(out)
     tokenizer.save_pretrained(out)

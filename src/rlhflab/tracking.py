@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from pathlib import Path
 from typing import Protocol
 
@@ -88,14 +89,26 @@ class ProgressSink:
 
 
 class WandbSink:
+    """One W&B run per run directory: its id is kept in ``wandb-run-id``, so ``--resume`` logs into the same W&B
+    run. The steps between the newest checkpoint and a kill are logged twice; W&B keeps the first values, which
+    an exact resume repeats (timings aside)."""
+
+    ID_FILE = "wandb-run-id"
+
     def __init__(self, cfg: Config, run_dir: Path):
         import wandb  # optional dependency: pip install 'rlhflab[tracking]'
 
+        id_file = run_dir / self.ID_FILE
+        # secrets, not the seeded RNGs: a resume stays exact
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=cfg.tracking.project,
             name=cfg.tracking.run_name or run_dir.name,
             config=to_dict(cfg),
             dir=str(run_dir),
+            id=run_id,
+            resume="allow",
         )
 
     def log(self, metrics: dict[str, float]) -> None:

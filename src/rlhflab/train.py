@@ -29,6 +29,7 @@ from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter, resolve_device, resolve_dtype
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
+from rlhflab.outdir import check_output_dir, is_run_dir
 from rlhflab.rewards import CompositeReward, build_reward
 from rlhflab.rewards.base import missing_eos_penalty
 from rlhflab.rollout import PromptCodec, Rollout, generate, is_eos, response_logprobs, response_mask
@@ -140,11 +141,9 @@ def prompt_codec(tokenizer, model: torch.nn.Module, cfg: Config, announce: bool 
 
 
 def check_run_dir(cfg: Config, overwrite: bool) -> Path:
-    """Refuse an output directory that already holds a run, unless told to overwrite it."""
-    run_dir = Path(cfg.output_dir)
-    if (run_dir / "config.yaml").exists() and not overwrite:
-        raise UserError(f"--output-dir: {run_dir} already holds a run; pass --overwrite to replace it")
-    return run_dir
+    """Refuse an output directory that already holds a run, unless told to overwrite it, and any other non-empty
+    directory (see :mod:`rlhflab.outdir`)."""
+    return check_output_dir(Path(cfg.output_dir), is_run_dir, "a run", overwrite)
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, note: str | None = None) -> Path:
@@ -279,13 +278,15 @@ def accumulate_gradients(
         stats = MICRO_STEP[cfg.algorithm.name](setup.roles, micro, cfg, num_tokens, num_seqs, kl_coef)
         if "old_logprobs" in stats:
             measured.append((stats.pop("old_logprobs"), stats.pop("entropy_sum")))
-        weight = (micro.loss_mask.sum() / num_tokens).item()
+        token_share = (micro.loss_mask.sum() / num_tokens).item()
+        row_share = len(micro) / num_seqs  # a sequence critic's stats are means over rows, not tokens
         loss_finite &= bool(torch.isfinite(stats["loss/policy"]))
         for key, value in stats.items():
-            # losses are already partial sums of the minibatch loss; means are weighted by tokens (a micro-batch
-            # with no token in the loss, every row a masked truncated completion, adds nothing: its means are 0/0)
-            part = value.item() if key not in WEIGHTED_STATS else value.item() * weight if weight else 0.0
-            totals[key] = totals.get(key, 0.0) + part
+            # losses are already partial sums of the minibatch loss; means are weighted by tokens (or rows); a
+            # micro-batch with no token in the loss (every row a masked truncated completion) adds nothing (0/0)
+            by_rows = key.startswith("val/") and cfg.critic.granularity == "sequence"
+            weight = (row_share if by_rows else token_share) if key in WEIGHTED_STATS else 1.0
+            totals[key] = totals.get(key, 0.0) + (value.item() * weight if weight else 0.0)
     return loss_finite
 
 

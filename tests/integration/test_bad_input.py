@@ -86,3 +86,55 @@ def test_out_of_memory_names_the_knobs(monkeypatch, capsys):
     assert cli.main(["train", "--preset", "demo-ppo"]) == 2
     err = one_line_error(capsys, "Lower train.micro_batch_size")
     assert "train.activation_checkpointing=selective" in err and "train.scoring_batch_size" in err
+
+
+def test_a_directory_that_is_not_a_run_is_never_written(base_args, tiny_model_dir, prompts_file, tmp_path, capsys):
+    """A non-empty --output-dir without an rlhflab run in it (the user's own metrics.jsonl, a project folder with
+    its own config.yaml) is refused with one line, with or without --overwrite, and nothing in it changes."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.jsonl").write_text('{"mine": 1}\n')
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("database: {host: localhost}\n")  # not an rlhflab config
+    (project / "notes.txt").write_text("keep me\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    compare_args = ["compare", "--output-dir", str(mine), "--steps", "1"]
+    sft_args = ["sft", "--model", str(tiny_model_dir), "--data", str(prompts_file), "--output-dir", str(mine)]
+    not_a_run = "is not empty and does not hold a run written by rlhflab"
+    cases = [
+        (base_args(out=mine), f"--output-dir: {mine} {not_a_run}"),
+        (base_args("--overwrite", out=mine), f"--output-dir: {mine} {not_a_run}"),
+        (base_args("--overwrite", out=project), f"--output-dir: {project} {not_a_run}"),
+        (base_args(out=a_file), f"--output-dir: {a_file} is a file"),
+        (sft_args, f"--output-dir: {mine} is not empty and does not hold an SFT output written by rlhflab"),
+        (compare_args, f"--output-dir: {mine} is not empty and does not hold a comparison written by rlhflab"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 2, argv
+        one_line_error(capsys, fragment)
+    assert sorted(p.name for p in mine.iterdir()) == ["metrics.jsonl"]
+    assert (mine / "metrics.jsonl").read_text() == '{"mine": 1}\n'
+    assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "notes.txt"]
+    assert (project / "config.yaml").read_text() == "database: {host: localhost}\n"
+    assert a_file.read_text() == "x\n"
+
+
+def test_overwrite_replaces_an_rlhflab_run_and_an_empty_directory_is_used(base_args, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(base_args(out=empty)) == 0 and (empty / "config.yaml").is_file()
+    (empty / "stale.txt").write_text("from the old run\n")
+    assert main(base_args("--overwrite", out=empty)) == 0
+    assert not (empty / "stale.txt").exists() and len((empty / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_sft_refuses_to_replace_its_own_output_without_overwrite(tiny_model_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "sft_stats.json").write_text("{}\n")
+    argv = ["sft", "--model", str(tiny_model_dir), "--data", str(prompts_file), "--output-dir", str(out)]
+    assert main(argv) == 2
+    one_line_error(capsys, f"--output-dir: {out} already holds an SFT output; pass --overwrite to replace it")
+    assert (out / "sft_stats.json").read_text() == "{}\n"

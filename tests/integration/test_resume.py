@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from conftest import train_argv
 from safetensors.torch import load_file
 
@@ -94,3 +95,51 @@ def test_partial_checkpoint_is_ignored(tiny_model_dir, prompts_file, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", "--output-dir", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def fake_run(tmp_path, *overrides):
+    """A run directory with a resolved config.yaml and a (placeholder) checkpoint at step 2."""
+    from rlhflab.config import build_config, save_config
+
+    run = tmp_path / "fake"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-000002" / "trainer_state.pt").write_bytes(b"")
+    save_config(build_config(preset="demo-ppo", overrides=["train.steps=4", *overrides]), run / "config.yaml")
+    return run
+
+
+def test_resume_refuses_what_it_cannot_honour(tmp_path, capsys):
+    """--resume reads the run's own config.yaml: a seed, preset, config file, --set or --overwrite given with it
+    used to be ignored without a word. Each is one line now, and nothing in the run directory changes."""
+    run = fake_run(tmp_path)
+    (tmp_path / "other.yaml").write_text("{}\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    resume = ["train", "--resume", "--output-dir", str(run)]
+    cases = [
+        (["--seed", "3"], "--resume: --seed cannot change a run"),
+        (["--preset", "demo-ppo"], "--resume: --preset cannot change a run"),
+        (["--config", str(tmp_path / "other.yaml")], "--resume: --config cannot change a run"),
+        (["--set", "train.lr=1"], "--resume: --set cannot change a run"),
+        (["--overwrite"], "--resume: --overwrite cannot change a run"),
+        (["--steps", "2"], "--steps 2: the newest checkpoint is at step 2"),
+        (["--steps", "8"], "--steps 8: train.lr_schedule is cosine"),
+    ]
+    for extra, fragment in cases:
+        assert main(resume + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().count("\n") == 0 and fragment in err, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_resume_with_more_steps_extends_a_constant_schedule_run(tiny_model_dir, prompts_file, tmp_path):
+    """--steps N with --resume extends a finished (or interrupted) run of a constant learning-rate schedule: it
+    goes on from the newest checkpoint as if it had been started with N steps."""
+    constant = ("--set", "train.lr_schedule=constant", "--set", "train.warmup_ratio=0")
+    full, short = tmp_path / "full", tmp_path / "short"
+    assert main(args_for(tiny_model_dir, prompts_file, full, steps=4) + list(constant)) == 0
+    assert main(args_for(tiny_model_dir, prompts_file, short, steps=2) + list(constant)) == 0
+    assert main(["train", "--resume", "--output-dir", str(short), "--steps", "4"]) == 0
+    assert metrics(short) == metrics(full)
+    assert yaml.safe_load((short / "config.yaml").read_text())["train"]["steps"] == 4
+    a, b = weights(full), weights(short)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -45,9 +45,28 @@ def run_args(model_dir, prompts_file, out, *extra):
     )
 
 
+def base_weights(roles) -> dict[str, torch.Tensor]:
+    """Copies of every base weight of every model the roles hold (the policy's, a separate critic's and reference's)."""
+    weights = {}
+    for i, model in enumerate(roles.models()):
+        weights |= {f"{i}:{n}": p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    return weights
+
+
 @pytest.mark.parametrize("extra", [(), ("--set", "model.roles=separate", "--set", "critic.granularity=sequence")])
-def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, extra):
+def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, extra, monkeypatch):
+    import rlhflab.train as train_module
+
     out = tmp_path / "run"
+    loaded = {}
+
+    def load_setup_and_keep(*args, **kwargs):  # the trained models stay in memory: their base weights are read after
+        setup = loaded["setup"] = real_load_setup(*args, **kwargs)
+        loaded["base_before"] = base_weights(setup.roles)
+        return setup
+
+    real_load_setup = train_module.load_setup
+    monkeypatch.setattr(train_module, "load_setup", load_setup_and_keep)
     assert main(run_args(tiny_model_dir, prompts_file, out, *extra)) == 0
 
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -64,18 +83,19 @@ def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, e
     assert resolved["train"]["steps"] == 2 and resolved["model"]["name"] == str(tiny_model_dir)
 
     # final/: PEFT adapter loadable the standard way, critic adapter and value head in safetensors
-    base = load_causal_lm(str(tiny_model_dir))
-    reference_state = {k: v.clone() for k, v in base.state_dict().items()}
-    policy = PeftModel.from_pretrained(base, str(out / "final"))
+    policy = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_dir)), str(out / "final"))
     lora = {k: v for k, v in policy.state_dict().items() if "lora_B" in k}
     assert lora and any(v.abs().sum() > 0 for v in lora.values()), "LoRA weights changed from their zero init"
     assert set(load_file(str(out / "final" / "value_head.safetensors"))) == {"weight", "bias"}
     assert (out / "final" / "critic" / "adapter_model.safetensors").is_file()
-    # base weights unchanged: the saved adapter holds no base weight and the base on disk is untouched
+    # base weights unchanged: the trained models' base weights in memory are those they started with (after two
+    # updates at lr 1e-2), and the saved adapter holds no base weight
+    after, before = base_weights(loaded["setup"].roles), loaded["base_before"]
+    assert after.keys() == before.keys() and len(before) > 10
+    moved = [name for name, weight in before.items() if not torch.equal(after[name], weight)]
+    assert not moved, f"base weights moved in training: {moved[:3]}"
     saved = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert all("lora_" in k for k in saved)
-    fresh = load_causal_lm(str(tiny_model_dir)).state_dict()
-    assert all(torch.equal(fresh[k], v) for k, v in reference_state.items())
 
     summary = json.loads((out / "eval" / "summary.json").read_text())
     for side in ("before", "after"):

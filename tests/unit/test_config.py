@@ -65,6 +65,8 @@ def test_overrides_are_typed():
         ("train.activation_checkpointing=some", "'some' is not valid; choose one of none, selective"),
         ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),
         ("algorithm.target_kl=0", "algorithm.target_kl: must be > 0 (or null = off), got 0.0"),
+        ("checkpoint.keep=0", "checkpoint.keep: must be a positive integer, got 0"),  # [:-0] kept them all
+        ("checkpoint.keep=-1", "checkpoint.keep: must be a positive integer, got -1"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):

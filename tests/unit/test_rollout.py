@@ -192,6 +192,82 @@ def test_tokens_after_eos_change_nothing(tiny_model_dir):
     assert torch.equal(loss_a, loss_b)
 
 
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+def test_tokens_after_eos_change_no_reward_advantage_loss_or_metric(tiny_model_dir, prompts_file, granularity):
+    """DESIGN §3.4 through a whole PPO step: rewriting the tokens after each row's EOS changes no log-prob, value,
+    per-token reward, GAE advantage or return, no gradient of the policy or value loss (K epochs of updates, the
+    weights moving), and no step metric (the update's and the advantages' stats, the entropy, the KL, the lengths
+    and the EOS rate, computed as the loop computes them)."""
+    from rlhflab.algorithms.advantages import token_rewards
+    from rlhflab.algorithms.ppo import value_mask
+    from rlhflab.ops import kl_penalty, masked_sum
+    from rlhflab.train import update
+
+    cfg = make_cfg(tiny_model_dir, prompts_file, f"critic.granularity={granularity}", "train.micro_batch_size=2")
+    setup = load_setup(cfg)
+    roles, eos = setup.roles, setup.tokenizer.eos_token_id
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    ids = rollout.response_ids.clone()
+    for row, end in enumerate([1, 3, 2, 0, 4, 2, 3, 1]):  # every row ends, each at its own place
+        ids[row, end] = eos
+    mask = response_mask(ids, eos)
+    after = ~mask
+    rewritten = ids.clone()
+    rewritten[after] = torch.randint(2, len(setup.tokenizer), (int(after.sum()),), generator=g)
+    assert (rewritten[after] != eos).all() and not torch.equal(rewritten, ids)
+    scores = torch.randn(8, generator=g)
+    params = roles.trainable_parameters()
+    with torch.no_grad():  # off the zero init: KL, values and every gradient are non-zero
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    start = [p.detach().clone() for p in params]
+
+    results = []
+    for response_ids in (ids, rewritten):
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        r = replace(rollout, response_ids=response_ids, response_mask=mask, scores=scores)
+        scored, entropy = score_rollout(setup, r, cfg)
+        rewards, _ = token_rewards(scored.logprobs, scored.ref_logprobs, scored.scores, mask, 0.05)
+        scored, adv_stats = ppo_advantages(scored, cfg, 0.05)
+        optimizer = KeepGradients(params, lr=0.5)  # the weights move: later epochs see ratios != 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        shuffle = torch.Generator().manual_seed(1)
+        stats, _ = update(
+            setup, scored, cfg, optimizer, scheduler, params, shuffle, {"total": 0, "in_a_row": 0}, kl_coef=0.05
+        )
+        kl = masked_sum(kl_penalty(scored.logprobs, scored.ref_logprobs, "k1"), mask, dim=1)  # (B,)
+        metrics = {
+            **adv_stats,
+            **stats,
+            "objective/entropy": entropy,
+            "objective/kl": kl.mean().item(),
+            "objective/rlhf_reward": (scores - 0.05 * kl).mean().item(),
+            "gen/length": mask.sum(1).float().mean().item(),
+            "gen/eos_rate": ((response_ids == eos) & mask).any(1).float().mean().item(),
+        }
+        results.append((scored, rewards, optimizer.seen, metrics))
+
+    (a, rewards_a, grads_a, metrics_a), (b, rewards_b, grads_b, metrics_b) = results
+    vmask = value_mask(a, granularity)
+    for name, x, y, keep in [
+        ("logprobs", a.logprobs, b.logprobs, mask),
+        ("ref_logprobs", a.ref_logprobs, b.ref_logprobs, mask),
+        ("values", a.values, b.values, vmask),
+        ("advantages", a.advantages, b.advantages, vmask),
+        ("returns", a.returns, b.returns, vmask),
+    ]:
+        assert torch.equal(x[keep], y[keep]), name
+    assert torch.equal(rewards_a, rewards_b) and (rewards_a[mask] != 0).all() and (rewards_a[after] == 0).all()
+    assert len(grads_a) == cfg.algorithm.ppo_epochs * cfg.algorithm.num_minibatches == len(grads_b)
+    for update_a, update_b in zip(grads_a, grads_b):
+        assert all(torch.equal(x, y) for x, y in zip(update_a, update_b))
+    assert metrics_a.keys() == metrics_b.keys() and metrics_a == metrics_b
+    assert metrics_a["policy/clipfrac"] > 0 and metrics_a["loss/value"] > 0 and metrics_a["val/clipfrac"] >= 0
+
+
 @pytest.mark.parametrize("layout", ["shared", "separate"])
 def test_step0_invariants(tiny_model_dir, prompts_file, layout):
     """LoRA B starts at zero and dropout is off: policy = reference exactly, values exactly 0."""
@@ -217,32 +293,62 @@ def _grads(params):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
+class KeepGradients(torch.optim.SGD):
+    """SGD (lr 0 by default: no weight moves) whose ``step`` keeps a copy of the gradients it was given."""
+
+    def __init__(self, params, lr=0.0):
+        super().__init__(params, lr=lr)
+        self.seen: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        self.seen.append(_grads(p for group in self.param_groups for p in group["params"]))
+        return super().step(closure)
+
+
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
-def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity):
-    cfg = make_cfg(tiny_model_dir, prompts_file, f"critic.granularity={granularity}")
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean", "seq_sum_constant"])
+def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity, loss_agg):
+    """Through ``train.update`` (the normalisers it passes, its accumulation and clipping): 4 micro-batches of 2
+    rows give the gradient and the loss stats of one micro-batch of 8, within 1e-6."""
+    from rlhflab.train import update
+
+    extra = [f"critic.granularity={granularity}", f"algorithm.loss_agg={loss_agg}", "algorithm.ppo_epochs=1"]
+    cfg = make_cfg(tiny_model_dir, prompts_file, *extra, "algorithm.num_minibatches=1", "train.max_grad_norm=1e9")
     setup = load_setup(cfg)
     roles = setup.roles
     g = torch.Generator().manual_seed(0)
     rollout, _ = sample_rollout(roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    ids = rollout.response_ids.clone()
+    for row, end in enumerate([1, 3, 5, 2, 0, 4, 5, 1]):  # unequal lengths: the normalisers matter
+        ids[row, end] = setup.tokenizer.eos_token_id
+    ids[2, 5] = ids[6, 5] = 7  # two rows run to the end without an EOS
+    rollout = replace(rollout, response_ids=ids, response_mask=response_mask(ids, setup.tokenizer.eos_token_id))
+    assert len(set(rollout.response_mask.sum(1).tolist())) == 6
     rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
     rollout, _ = ppo_advantages(rollout, cfg, 0.05)
     with torch.no_grad():  # move away from the zero init so every term has a gradient
         for p in roles.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     params = roles.trainable_parameters()
-    num_tokens = rollout.response_mask.sum()
 
-    def accumulate(micro_size):
-        for p in params:
-            p.grad = None
-        for micro in rollout.chunks(micro_size):
-            ppo_micro_step(roles, micro, cfg, num_tokens, len(rollout), 0.05)
-        return _grads(params)
+    def run_update(micro_size):
+        cfg.train.micro_batch_size = micro_size
+        optimizer = KeepGradients(params)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        shuffle = torch.Generator().manual_seed(1)
+        stats, _ = update(
+            setup, rollout, cfg, optimizer, scheduler, params, shuffle, {"total": 0, "in_a_row": 0}, kl_coef=0.05
+        )
+        assert len(optimizer.seen) == 1
+        return optimizer.seen[0], stats
 
-    big, small = accumulate(8), accumulate(2)
+    (big, big_stats), (small, small_stats) = run_update(8), run_update(2)
     assert all(b.abs().sum() > 0 for b in big), "every LoRA weight of both adapters and the head gets a gradient"
     for b, s in zip(big, small):
         torch.testing.assert_close(s, b, atol=1e-6, rtol=0)
+    assert big_stats.keys() == small_stats.keys()
+    for key in big_stats:
+        assert small_stats[key] == pytest.approx(big_stats[key], abs=1e-6), key
 
 
 def test_scoring_rows_per_pass_change_no_number(tiny_model_dir, prompts_file):

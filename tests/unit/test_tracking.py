@@ -115,3 +115,25 @@ def test_sample_tables_reach_jsonl_tensorboard_and_wandb(tmp_path, wandb_offline
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["step", "prompt", "completion", "score"]
     assert table["data"] == [[10, "The movie was", "great | fun\nfilm", 0.75], [10, "I hated it", "", -0.5]]
+
+
+def test_wandb_resume_continues_the_same_run(tmp_path, wandb_offline):
+    """A resumed training run logs into the W&B run it started (its id is kept in the run directory), not a new
+    one; a new run directory starts a new W&B run."""
+    cfg = build_config(preset="demo-ppo")
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    run_dir.mkdir()
+    other.mkdir()
+    ids = []
+    for directory, metrics in ((run_dir, STEPS[:1]), (run_dir, STEPS[1:]), (other, STEPS)):
+        sink = WandbSink(cfg, directory)
+        try:
+            for row in metrics:
+                sink.log(row)
+            ids.append(sink.run.id)
+        finally:
+            sink.close()
+    assert ids[0] == ids[1] != ids[2]
+    assert (run_dir / "wandb-run-id").read_text().strip() == ids[0]
+    offline = list((run_dir / "wandb").glob("offline-run-*"))  # offline-run-DATE_TIME-ID, then -ID-1 for the resume
+    assert len(offline) == 2 and {p.name.split("-")[3] for p in offline} == {ids[0]}
