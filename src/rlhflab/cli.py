@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="offline demo on CPU: build the tiny model, train PPO, show before/after",
         description="Build (or reuse) the offline demo assets under $RLHFLAB_HOME, train the demo-ppo "
-        "preset with the VADER sentiment judge as reward, and print a before/after table.",
+        "preset (--model tiny) or smollm2-ppo (--model smollm2: SmolLM2-135M-Instruct, a real pretrained model, "
+        "fetched and converted once) with the VADER sentiment judge as reward, and print a before/after table.",
+    )
+    p.add_argument(
+        "--model",
+        choices=sorted(DEMO_MODELS),
+        default="tiny",
+        help="tiny: the 1.2 M-parameter demo model (minutes); smollm2: SmolLM2-135M-Instruct (default tiny)",
     )
     _add_run_options(p)
 
@@ -236,18 +243,26 @@ def resume_steps(cfg, steps: int, checkpoint_step: int) -> None:
     t.steps = steps
 
 
+DEMO_MODELS = {
+    "tiny": ("demo-ppo", "a tiny review-writing model (trained here, offline)"),
+    "smollm2": ("smollm2-ppo", "SmolLM2-135M-Instruct (a real pretrained model, fetched and converted once)"),
+}
+"""``rlhflab demo --model NAME`` → (preset, how the demo introduces the model)."""
+
+
 def cmd_demo(args) -> int:
     from rlhflab.distributed import launched_rank
     from rlhflab.models.tiny import ensure_demo_assets
 
     main_process = launched_rank() == 0  # under torchrun, one process talks and builds the assets
+    preset, who = DEMO_MODELS[args.model]
     if main_process:
         print(
-            "rlhflab demo: teach a tiny review-writing model (trained here, offline) to continue movie-review\n"
-            "openings positively, rewarded by the VADER sentiment lexicon, with a KL penalty to the starting model.\n"
+            f"rlhflab demo: teach {who} to continue movie-review openings positively, rewarded by the\n"
+            "VADER sentiment lexicon, with a KL penalty to the starting model.\n"
         )
         ensure_demo_assets()
-    cfg = _config_from_args(args, "demo-ppo")
+    cfg = _config_from_args(args, preset)
     if main_process:
         print(
             f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "

@@ -240,3 +240,13 @@ def test_truncation_options_are_off_by_default_and_checked():
         build_config(preset="demo-ppo", overrides=["rollout.mask_truncated_completions=true"])
     with pytest.raises(UserError, match=r"^reward.missing_eos_penalty: must be >= 0"):
         build_config(preset="demo-ppo", overrides=["reward.missing_eos_penalty=-1"])
+
+
+def test_demo_models_name_presets_that_exist():
+    from rlhflab.cli import DEMO_MODELS
+
+    for preset, _ in DEMO_MODELS.values():
+        assert build_config(preset=preset).preset == preset
+    smol = build_config(preset="smollm2-ppo")
+    assert smol.model.name == "smollm2-135m" and smol.data.chat_template == "off"
+    assert smol.lora.target_modules == "auto"  # a Llama: the targets come from the model
