@@ -16,16 +16,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from conftest import TEXTS  # the test tokenizers' training texts
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
-
-TEXTS = [
-    "the movie was great and the acting was wonderful",
-    "i really hated this film because the plot was boring",
-    "honestly the music was lovely but the ending was awful",
-    "this is the worst film i have seen in years",
-    "a beautiful story with brilliant direction and a happy ending",
-] * 20
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
