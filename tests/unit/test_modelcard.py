@@ -179,3 +179,9 @@ def test_push_needs_final_and_a_valid_repo_id(tmp_path):
     for bad in ("no-namespace", "a/b/c", "bad name/x"):
         with pytest.raises(UserError, match="--repo-id"):
             push(run_dir, bad, dry_run=True)
+
+
+def test_smollm2_names_its_hub_repo_as_base_model():
+    from rlhflab.modelcard import base_model_id
+
+    assert base_model_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
