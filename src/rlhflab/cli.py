@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="offline demo on CPU: build the tiny model, train PPO, show before/after",
         description="Build (or reuse) the offline demo assets under $RLHFLAB_HOME, train the demo-ppo "
-        "preset (--model tiny) or smollm2-ppo (--model smollm2: SmolLM2-135M-Instruct, a real pretrained model, "
+        "preset (--model tiny) or smollm2-grpo (--model smollm2: SmolLM2-135M-Instruct, a real pretrained model, "
         "fetched and converted once) with the VADER sentiment judge as reward, and print a before/after table.",
     )
     p.add_argument(
@@ -245,7 +245,7 @@ def resume_steps(cfg, steps: int, checkpoint_step: int) -> None:
 
 DEMO_MODELS = {
     "tiny": ("demo-ppo", "a tiny review-writing model (trained here, offline)"),
-    "smollm2": ("smollm2-ppo", "SmolLM2-135M-Instruct (a real pretrained model, fetched and converted once)"),
+    "smollm2": ("smollm2-grpo", "SmolLM2-135M-Instruct (a real pretrained model, fetched and converted once)"),
 }
 """``rlhflab demo --model NAME`` → (preset, how the demo introduces the model)."""
 
@@ -265,8 +265,8 @@ def cmd_demo(args) -> int:
     cfg = _config_from_args(args, preset)
     if main_process:
         print(
-            f"\ntraining PPO for {cfg.train.steps} steps of {cfg.rollout.batch_size} completions "
-            f"(run directory: {cfg.output_dir})"
+            f"\ntraining {cfg.algorithm.name.upper()} for {cfg.train.steps} steps of {cfg.rollout.batch_size} "
+            f"completions (run directory: {cfg.output_dir})"
         )
     from rlhflab.train import train
 
