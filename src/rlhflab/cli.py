@@ -258,8 +258,8 @@ def cmd_demo(args) -> int:
     preset, who = DEMO_MODELS[args.model]
     if main_process:
         print(
-            f"rlhflab demo: teach {who} to continue movie-review openings positively, rewarded by the\n"
-            "VADER sentiment lexicon, with a KL penalty to the starting model.\n"
+            f"rlhflab demo: teach {who}\nto continue movie-review openings positively, rewarded by the VADER "
+            "sentiment lexicon,\nwith a KL penalty to the starting model.\n"
         )
         ensure_demo_assets()
     cfg = _config_from_args(args, preset)
