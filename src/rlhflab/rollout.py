@@ -86,10 +86,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def is_eos(token_ids: torch.Tensor, eos_ids: int | Sequence[int]) -> torch.Tensor:
+def is_eos(token_ids: torch.Tensor, eos_ids: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Elementwise: is the token one of the EOS ids (Llama-3 and Qwen2.5 instruct models end turns with several)."""
-    eos = torch.as_tensor(eos_ids if isinstance(eos_ids, Sequence) else [eos_ids], device=token_ids.device)
-    return torch.isin(token_ids, eos)
+    if not isinstance(eos_ids, torch.Tensor):
+        eos_ids = torch.as_tensor(eos_ids if isinstance(eos_ids, Sequence) else [eos_ids], device=token_ids.device)
+    return torch.isin(token_ids, eos_ids)
 
 
 def response_mask(response_ids: torch.Tensor, eos_ids: int | Sequence[int]) -> torch.Tensor:
@@ -233,6 +234,7 @@ def generate(
     )
     next_position = positions[:, -1:] + 1  # (B, 1)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    eos = torch.as_tensor(eos_ids if isinstance(eos_ids, Sequence) else [eos_ids], device=prompt_ids.device)
     tokens, logprobs = [], []
     waiting = False  # (stop_together) this process's rows have all ended; it runs passes for the others'
     for _ in range(max_new_tokens):
@@ -246,7 +248,7 @@ def generate(
         logprobs.append(torch.log(probs.gather(-1, token[:, None]).squeeze(-1).clamp_min(1e-30)))
         tokens.append(token)
         still_real = ~finished  # this step's token is real (EOS included) for unfinished rows
-        finished = finished | is_eos(token, eos_ids)
+        finished = finished | is_eos(token, eos)  # (B,)
         waiting = bool(finished.all())
         all_finished = waiting if stop_together is None else stop_together(waiting)
         if all_finished or len(tokens) == max_new_tokens:  # no pass for a token that will never be sampled
