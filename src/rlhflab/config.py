@@ -27,7 +27,8 @@ class ModelConfig:
     name: str = "demo"
     """Policy base model: a hub id, a local directory, or 'demo' for the offline demo model (built on first use)."""
     dtype: str = "auto"
-    """Weights dtype: auto (bf16 on a capable GPU, else fp32), fp32, bf16 or fp16."""
+    """Weights dtype: auto (bf16 on a capable GPU, or on a CPU with bf16 instructions for a model 512 wide or
+    more; else fp32), fp32, bf16 or fp16."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     trust_remote_code: bool = False

@@ -197,6 +197,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of (B, V) probabilities by inverse CDF. Exact like ``torch.multinomial``, but it draws B
+    random numbers instead of B × V (at a 49k vocabulary 3 ms instead of 37 ms a step: docs/benchmarks.md)."""
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=probs.dtype)  # (B, 1) in [0, 1)
+    return invert_cdf(probs, u)
+
+
+def invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B,) the first token whose running sum of (B, V) ``probs`` exceeds ``u`` (B, 1) times the row's total."""
+    cdf = probs.cumsum(-1)  # (B, V)
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # (B,)
+    # u * total can round up to the total itself (or u = 1): past the end, take the most likely token instead
+    return torch.where(token < probs.shape[-1], token, probs.argmax(-1))
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -243,7 +258,7 @@ def generate(
         if waiting:  # no draw: the generator stays where a process that stopped here leaves it (same stream)
             token = torch.full((batch,), pad_id, dtype=torch.long, device=prompt_ids.device)
         else:
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            token = sample_categorical(probs, generator)  # (B,)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         logprobs.append(torch.log(probs.gather(-1, token[:, None]).squeeze(-1).clamp_min(1e-30)))
         tokens.append(token)

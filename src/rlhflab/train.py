@@ -26,7 +26,14 @@ from rlhflab.config import Config, save_config
 from rlhflab.data.prompts import PromptSampler, read_prompts
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.errors import UserError
-from rlhflab.models.loading import load_causal_lm, load_tokenizer, merge_adapter, resolve_device, resolve_dtype
+from rlhflab.models.loading import (
+    hidden_size,
+    load_causal_lm,
+    load_tokenizer,
+    merge_adapter,
+    resolve_device,
+    resolve_dtype,
+)
 from rlhflab.models.roles import Roles
 from rlhflab.ops import kl_penalty, masked_sum
 from rlhflab.outdir import check_output_dir, is_run_dir
@@ -60,14 +67,16 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
     """(model directory or hub id, train prompts file, eval prompts file); 'demo' builds the offline assets,
     'smollm2-135m' fetches and converts SmolLM2-135M-Instruct (first use)."""
     model_name, train_file, eval_file = cfg.model.name, cfg.data.prompts_file, cfg.data.eval_prompts_file
-    if model_name == "demo" or cfg.data.source == "demo":
+    if model_name == "demo":
         from rlhflab.models.tiny import ensure_demo_assets
 
-        assets = ensure_demo_assets()
-        model_name = str(assets.model_dir) if model_name == "demo" else model_name
-        if cfg.data.source == "demo":
-            train_file = train_file or str(assets.train_prompts_file)
-            eval_file = eval_file or str(assets.eval_prompts_file)
+        model_name = str(ensure_demo_assets().model_dir)
+    if cfg.data.source == "demo":  # the same files as the demo model's build, without training a model
+        from rlhflab.data.demo import ensure_demo_data
+
+        data = ensure_demo_data()
+        train_file = train_file or str(data.train_prompts_file)
+        eval_file = eval_file or str(data.eval_prompts_file)
     from rlhflab.models.smollm2 import resolve_model_name
 
     return resolve_model_name(model_name), train_file, eval_file
@@ -101,7 +110,8 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
     eval_prompts = held_out_prompts(cfg, train_prompts, eval_file)
     reward = build_reward(cfg.reward, cfg.model.trust_remote_code)  # a bad judge fails before the model loads
     device = dist.device(resolve_device(cfg.model.device))
-    dtype = resolve_dtype(cfg.model.dtype, device)
+    width = hidden_size(model_name, cfg.model.trust_remote_code) if cfg.model.dtype == "auto" else None
+    dtype = resolve_dtype(cfg.model.dtype, device, width)
     tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
     fsdp = cfg.distributed.fsdp and dist.enabled  # a whole base may not fit the device: shard it from CPU memory
     load_device = torch.device("cpu") if fsdp else device

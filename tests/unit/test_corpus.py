@@ -1,5 +1,6 @@
 """The synthetic review corpus: deterministic, varied, VADER-scorable, with held-out evaluation openings."""
 
+import json
 import re
 import statistics
 from collections import Counter
@@ -127,3 +128,20 @@ def test_save_and_load_reviews(tmp_path):
     rows = [Review("A fine test review.", "positive"), Review('Quotes " and ünïcode.', "neutral")]
     save_reviews(tmp_path / "r.jsonl", rows)
     assert load_reviews(tmp_path / "r.jsonl") == rows
+
+
+def test_demo_data_is_written_once_and_matches_the_demo_model_build(tmp_path):
+    """ensure_demo_data writes the corpus and prompts that the demo model's build writes (same seed, same sizes),
+    and a second call reuses the folder."""
+    from rlhflab.data.demo import N_HELDOUT, N_REVIEWS, ensure_demo_data, write_demo_data
+
+    data = ensure_demo_data(tmp_path / "home", seed=0)
+    rows = [json.loads(line) for line in data.corpus_file.read_text().splitlines()]
+    assert [r["split"] for r in rows].count("train") == N_REVIEWS and len(rows) == N_REVIEWS + N_HELDOUT
+    assert data.eval_prompts_file.read_text().splitlines() == list(EVAL_OPENINGS)
+    stamp = data.corpus_file.stat().st_mtime_ns
+    assert ensure_demo_data(tmp_path / "home", seed=0).corpus_file.stat().st_mtime_ns == stamp  # reused
+    (tmp_path / "again").mkdir()
+    write_demo_data(tmp_path / "again", seed=0)  # what models.tiny's build calls with the default DemoSpec
+    for name in ("corpus.jsonl", "train_prompts.txt", "eval_prompts.txt"):
+        assert (tmp_path / "again" / name).read_bytes() == (data.corpus_file.parent / name).read_bytes()

@@ -533,3 +533,34 @@ def test_reserved_kv_cache_samples_what_the_default_cache_samples(tiny_model_dir
         assert torch.equal(k, torch.cat([keys, keys[:, :, :1]], dim=2)) and cache.get_seq_length() == 5
         with pytest.raises(AssertionError, match="reserved 5"):
             cache.update(keys[:, :, :1], keys[:, :, :1], 0)
+
+
+def test_inverse_cdf_sampler_follows_the_distribution_and_never_draws_a_zero():
+    """Frequencies of 40,000 draws match the probabilities (within 5 standard errors); tokens of probability 0
+    (masked by top-k, or at the ends of the vocabulary) are never drawn; the same seed draws the same tokens."""
+    from rlhflab.rollout import sample_categorical
+
+    probs = torch.tensor(
+        [[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0], [0.1, 0.1, 0.2, 0.2, 0.4, 0.0]]
+    )
+    n = 40_000
+    draws = sample_categorical(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 3)  # (n, 3)
+    for row in range(3):
+        freq = torch.bincount(draws[:, row], minlength=6).double() / n
+        stderr = (probs[row].double() * (1 - probs[row].double()) / n).sqrt()
+        assert torch.all((freq - probs[row].double()).abs() <= 5 * stderr + 1e-12), (row, freq, probs[row])
+        assert torch.all(freq[probs[row] == 0] == 0)
+    again = sample_categorical(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 3)
+    assert torch.equal(draws, again)
+
+
+def test_inverse_cdf_maps_each_uniform_to_the_token_whose_interval_holds_it():
+    """Hand values: cdf = [0.25, 0.5, 1.0, 1.0]; u in [cdf[i-1], cdf[i]) gives token i; a zero-probability token
+    (the last) is never the answer, not even for u that rounded up to the total."""
+    from rlhflab.rollout import invert_cdf
+
+    probs = torch.tensor([[0.25, 0.25, 0.5, 0.0]]).repeat(6, 1)
+    u = torch.tensor([[0.0], [0.2499], [0.25], [0.4999], [0.74], [1.0]])
+    assert invert_cdf(probs, u).tolist() == [0, 0, 1, 1, 2, 2]
+    unnormalised = probs * 3  # the search scales u by the row's total
+    assert invert_cdf(unnormalised, u).tolist() == [0, 0, 1, 1, 2, 2]

@@ -40,16 +40,43 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 on a GPU that supports it, else fp32. A CPU stays in fp32 unless asked: exact, and the
-    only fast choice on CPUs without bf16 instructions (with AVX512-BF16 or AMX, ``bf16`` is faster: see
-    docs/benchmarks.md)."""
+BF16_CPU_MIN_WIDTH = 512
+"""A CPU with bf16 instructions runs bf16 faster from about this hidden size: SmolLM2-135M (576) and Pythia-410m
+(1024) 1.7-2x; the demo model (128) 1.15x slower, its matrices too small to win back the casts (docs/benchmarks.md)."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device, hidden_size: int | None = None) -> torch.dtype:
+    """'auto' → bf16 on a GPU that supports it, and on a CPU with bf16 instructions for a model of
+    ``hidden_size`` >= ``BF16_CPU_MIN_WIDTH`` (what measured faster there at equal results); else fp32."""
     if name == "auto":
-        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16_ok else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        wide = hidden_size is not None and hidden_size >= BF16_CPU_MIN_WIDTH
+        return torch.bfloat16 if device.type == "cpu" and wide and cpu_has_bf16() else torch.float32
     if name not in DTYPES:
         raise UserError(f"model.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def hidden_size(name: str, trust_remote_code: bool = False) -> int | None:
+    """The model's width from its config (None when the config cannot be read: loading it reports why)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or getattr(config, "d_model", None)
 
 
 def _check_source(name: str, key: str) -> None:

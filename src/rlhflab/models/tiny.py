@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -35,7 +32,9 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from rlhflab.data.corpus import EVAL_OPENINGS, generate_reviews, training_prompts
+from rlhflab.cache import build_once, default_home
+from rlhflab.data.corpus import EVAL_OPENINGS
+from rlhflab.data.demo import N_HELDOUT, N_REVIEWS, N_TRAIN_PROMPTS, write_demo_data
 from rlhflab.sft import SFTConfig, train_sft
 
 EOS_TOKEN = "<|endoftext|>"  # id 0: end of text, also BOS (Pythia)
@@ -116,11 +115,11 @@ def build_tiny_model(config: GPTNeoXConfig, seed: int = 0) -> GPTNeoXForCausalLM
 class DemoSpec:
     """How big the demo assets are; the defaults are the published demo (tests shrink them)."""
 
-    n_reviews: int = 6000
+    n_reviews: int = N_REVIEWS
     """Training reviews for the tokenizer and SFT."""
-    n_heldout: int = 300
+    n_heldout: int = N_HELDOUT
     """Further reviews, never trained on, for perplexity."""
-    n_train_prompts: int = 1024
+    n_train_prompts: int = N_TRAIN_PROMPTS
     """RL training prompts written to ``train_prompts.txt``."""
     vocab_size: int = 2048
     """Target BPE vocabulary size."""
@@ -165,11 +164,6 @@ class DemoAssets:
     """Build record: seed, spec, timings, perplexity before / after SFT."""
 
 
-def default_home() -> Path:
-    """``$RLHFLAB_HOME`` or ``~/.cache/rlhflab``."""
-    return Path(os.environ.get("RLHFLAB_HOME") or "~/.cache/rlhflab").expanduser()
-
-
 def demo_dir_name(seed: int, spec: DemoSpec | None = None) -> str:
     """``demo-v1-seed0``; a non-default spec adds a hash of itself so that it never shadows the real build."""
     name = f"demo-v{DEMO_VERSION}-seed{seed}"
@@ -205,10 +199,6 @@ def _assets(root: Path) -> DemoAssets | None:
     return assets
 
 
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
 def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
     """Write every demo file into the empty folder ``out``; return the manifest."""
 
@@ -218,15 +208,7 @@ def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
     timings: dict[str, float] = {}
     # 1. corpus and prompts; the held-out reviews continue the same seeded stream, so they are distinct
     t0 = time.perf_counter()
-    reviews = generate_reviews(spec.n_reviews + spec.n_heldout, seed)
-    train, heldout = reviews[: spec.n_reviews], reviews[spec.n_reviews :]
-    prompts = training_prompts(train, seed, spec.n_train_prompts)
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for split, part in (("train", train), ("heldout", heldout)):
-            for r in part:
-                f.write(json.dumps({"text": r.text, "sentiment": r.sentiment, "split": split}) + "\n")
-    _write_lines(out / "train_prompts.txt", prompts)
-    _write_lines(out / "eval_prompts.txt", EVAL_OPENINGS)
+    train, heldout, prompts = write_demo_data(out, seed, spec.n_reviews, spec.n_heldout, spec.n_train_prompts)
     timings["corpus_s"] = time.perf_counter() - t0
     counts = Counter(r.sentiment for r in train)
     say(
@@ -281,22 +263,6 @@ def _build(out: Path, seed: int, spec: DemoSpec, progress: bool) -> dict:
     }
 
 
-def _scratch(home: Path, name: str, kind: str) -> Path:
-    """A hidden sibling folder name, ``.demo-v1-seed0.tmp-PID-RANDOM``, that is never mistaken for a build."""
-    return home / f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _remove_stale_scratch(home: Path, name: str) -> None:
-    """Delete scratch folders of earlier builds whose process is gone (killed before it could clean up)."""
-    for path in home.glob(f".{name}.*-*-*"):
-        try:
-            os.kill(int(path.name.rsplit("-", 2)[-2]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
-
-
 def _say(progress: bool, msg: str) -> None:
     if progress:
         print(f"[rlhflab demo] {msg}", file=sys.stderr, flush=True)
@@ -318,33 +284,16 @@ def ensure_demo_assets(
     """
     spec = spec or DemoSpec()
     home = Path(home).expanduser() if home is not None else default_home()
-    name = demo_dir_name(seed, spec)
-    root = home / name
-    found = None if rebuild else _assets(root)
-    if found is not None:
-        return found
+    root = home / demo_dir_name(seed, spec)
 
-    home.mkdir(parents=True, exist_ok=True)
-    _remove_stale_scratch(home, name)
-    tmp, old = _scratch(home, name, "tmp"), _scratch(home, name, "old")
-    tmp.mkdir()
-    try:
+    def build(out: Path) -> None:
         start = time.perf_counter()
         _say(progress, f"building the demo assets in {root} (first use only)")
-        manifest = _build(tmp, seed, spec, progress)
+        manifest = _build(out, seed, spec, progress)
         manifest["timings"]["total_s"] = time.perf_counter() - start
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        if root.exists():  # incomplete, damaged, another version, or rebuild: set aside, deleted below
-            root.rename(old)
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished the same build in between: keep theirs
-            if _assets(root) is None:
-                raise
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         _say(progress, f"done in {manifest['timings']['total_s']:.0f} s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    assets = _assets(root)
-    assert assets is not None, f"demo build in {root} is incomplete"
+
+    assets = _assets(build_once(root, build, lambda path: _assets(path) is not None, rebuild))
+    assert assets is not None
     return assets

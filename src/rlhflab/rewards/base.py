@@ -77,9 +77,9 @@ def build_judge(spec: RewardComponent, trust_remote_code: bool = False) -> Judge
 
             corpus = spec.model
             if corpus == "demo":
-                from rlhflab.models.tiny import ensure_demo_assets
+                from rlhflab.data.demo import ensure_demo_data
 
-                corpus = str(ensure_demo_assets().corpus_file)
+                corpus = str(ensure_demo_data().corpus_file)
             judge_texts = NaiveBayesSentiment.from_jsonl(corpus, f"{key}.model")
         elif spec.kind == "lexicon":
             from rlhflab.rewards.lexicon import VaderReward
