@@ -97,11 +97,16 @@ def judge_verdicts(
 
 
 def verdict_shares(verdicts: list[tuple[str, Judge, float]], rows: list[dict]) -> dict[str, float]:
-    """``positive_share/<name>``: the share of ``rows`` (prompt, completion) each judge calls positive."""
+    """``positive_share/<name>``: the share of ``rows`` (prompt, completion) each judge calls positive. Each row's
+    ``positive`` becomes the first judge's verdict (the one ``positive_share`` reports)."""
     prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
     shares = {}
-    for name, judge, threshold in verdicts:
-        shares[f"positive_share/{name}"] = sum(v > threshold for v in judge(prompts, completions)) / len(rows)
+    for i, (name, judge, threshold) in enumerate(verdicts):
+        positive = [v > threshold for v in judge(prompts, completions)]
+        shares[f"positive_share/{name}"] = sum(positive) / len(rows)
+        if i == 0:
+            for row, verdict in zip(rows, positive):
+                row["positive"] = verdict
     return shares
 
 
@@ -119,8 +124,8 @@ def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool =
         return {}
     verdicts = judge_verdicts(cfg.reward.components, cfg.model.trust_remote_code)
     for rows, side_summary in ((before, before_summary), (after, after_summary)):
-        shares = verdict_shares(verdicts, rows)
-        if shares:  # the first judge's verdict; without a judge component, score > eval.positive_threshold stays
+        shares = verdict_shares(verdicts, rows)  # marks each row's "positive": the first judge's verdict
+        if shares:  # without a judge component, score > eval.positive_threshold stays
             side_summary["positive_share"] = next(iter(shares.values()))
             side_summary.update(shares)
     for spec in cfg.eval.judges:  # second judges: did the policy learn the task or the training judge's quirks?
@@ -139,6 +144,7 @@ def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool =
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(before, after))
     print(format_summary(summary, cfg.eval.positive_threshold))
+    print(format_per_prompt(before, after, cfg.eval.positive_threshold))
     print(f"(all completions in {out}/before.jsonl and after.jsonl; numbers in {out}/summary.json)")
     return summary
 
@@ -150,6 +156,17 @@ def format_table(before: list[dict], after: list[dict], width: int = 100) -> str
         for label, row in (("before", b), ("after", a)):
             text = textwrap.shorten(row["completion"].replace("\n", " ") or "(empty)", width - 12, placeholder=" …")
             lines.append(f"    {label + ':':<8}{text}")
+    return "\n".join(lines)
+
+
+def format_per_prompt(before: list[dict], after: list[dict], threshold: float, width: int = 100) -> str:
+    """The positive share and mean score of each held-out prompt's samples, before and after."""
+    from rlhflab.report import per_prompt_rows
+
+    lines = ["", f"{'per prompt (positive share, mean score)':<52} {'n':>4} {'before':>20} {'after':>20}"]
+    for prompt, n, share_b, share_a, mean_b, mean_a in per_prompt_rows(before, after, threshold):
+        short = textwrap.shorten(prompt, 52, placeholder=" …")
+        lines.append(f"{short:<52} {n:>4} {share_b:>7.0%} {mean_b:>+12.2f} {share_a:>7.0%} {mean_a:>+12.2f}")
     return "\n".join(lines)
 
 

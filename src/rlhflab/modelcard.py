@@ -19,12 +19,15 @@ import yaml
 
 from rlhflab.errors import UserError
 from rlhflab.report import (
+    PER_PROMPT_HEADER,
+    PER_PROMPT_NOTE,
     describe_algorithm,
     describe_reward,
     eval_intro,
     format_score,
     md_cell,
     md_table,
+    per_prompt_table,
     read_config,
     read_jsonl,
     read_summary,
@@ -258,9 +261,11 @@ def render_model_card(run_dir: Path, repo_id: str | None = None) -> str:
             "",
         ]
         out += md_table(["metric", "before", "after", "change"], summary_table(summary, threshold)) + [""]
-        samples = sample_rows(
-            read_jsonl(run_dir / "eval" / "before.jsonl"), read_jsonl(run_dir / "eval" / "after.jsonl")
-        )
+        before, after = read_jsonl(run_dir / "eval" / "before.jsonl"), read_jsonl(run_dir / "eval" / "after.jsonl")
+        per_prompt = per_prompt_table(before, after, threshold)
+        if per_prompt:
+            out += [PER_PROMPT_NOTE, ""] + md_table(PER_PROMPT_HEADER, per_prompt) + [""]
+        samples = sample_rows(before, after)
         if samples:
             shown = samples[: 2 * CARD_SAMPLES]
             table, previous = [], None

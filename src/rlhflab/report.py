@@ -396,6 +396,38 @@ def sample_rows(before: list[dict], after: list[dict]) -> list[tuple[str, str, f
     return rows
 
 
+def per_prompt_rows(
+    before: list[dict], after: list[dict], threshold: float
+) -> list[tuple[str, int, float, float, float, float]]:
+    """(prompt, samples, positive share before, after, mean score before, after) per distinct prompt, in eval
+    order. A row's verdict is its ``positive`` (the first judge's, as in the summary), else score > threshold."""
+
+    def positive(row: dict) -> bool:
+        return bool(row["positive"]) if "positive" in row else row.get("score", 0.0) > threshold
+
+    groups: dict[str, list[tuple[dict, dict]]] = {}
+    for b, a in zip(before, after):
+        groups.setdefault(str(b.get("prompt", "")), []).append((b, a))
+    out = []
+    for prompt, pairs in groups.items():
+        n = len(pairs)
+        shares = [sum(positive(pair[i]) for pair in pairs) / n for i in (0, 1)]
+        means = [sum(pair[i].get("score", 0.0) for pair in pairs) / n for i in (0, 1)]
+        out.append((prompt, n, shares[0], shares[1], means[0], means[1]))
+    return out
+
+
+def per_prompt_table(before: list[dict], after: list[dict], threshold: float) -> list[list[str]]:
+    """Markdown rows of :func:`per_prompt_rows`."""
+    return [
+        [md_cell(prompt), str(n), f"{sb:.0%}", f"{sa:.0%}", f"{mb:+.2f}", f"{ma:+.2f}"]
+        for prompt, n, sb, sa, mb, ma in per_prompt_rows(before, after, threshold)
+    ]
+
+
+PER_PROMPT_HEADER = ["prompt", "samples", "positive before", "positive after", "mean score before", "after"]
+PER_PROMPT_NOTE = "Each held-out prompt over its samples (the positive verdict as in the table above):"
+
 # ----------------------------------------------------------------------------------------------------------------
 # markdown
 
@@ -426,7 +458,7 @@ def format_score(score: float | None) -> str:
     return "" if score is None or not math.isfinite(score) else f"{score:+.2f}"
 
 
-def render_markdown(run_dir, cfg, metrics, summary, samples, plots, during=()) -> str:
+def render_markdown(run_dir, cfg, metrics, summary, samples, plots, during=(), per_prompt=()) -> str:
     threshold = section(cfg, "eval").get("positive_threshold", 0.05)
     out = [f"# RLHF run report: {run_dir.name}", "", "## What was trained", "", describe_run(cfg, metrics, run_dir), ""]
     out += ["## Before and after training", ""]
@@ -434,6 +466,8 @@ def render_markdown(run_dir, cfg, metrics, summary, samples, plots, during=()) -
         n = summary["after"].get("num_samples", len(samples) // 2)
         out += [eval_intro(cfg, n), ""]
         out += md_table(["metric", "before", "after", "change"], summary_table(summary, threshold)) + [""]
+        if per_prompt:
+            out += [PER_PROMPT_NOTE, ""] + md_table(PER_PROMPT_HEADER, per_prompt) + [""]
     else:
         out += [f"No evaluation yet (no eval/summary.json): run `rlhflab eval --run {run_dir}`.", ""]
     out += ["## Training curves", ""] + ([CURVES_NOTE, ""] if plots else [])
@@ -492,7 +526,7 @@ def inline_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def render_html(run_dir, cfg, metrics, summary, samples, plots, during=()) -> str:
+def render_html(run_dir, cfg, metrics, summary, samples, plots, during=(), per_prompt=()) -> str:
     e = html.escape
     threshold = section(cfg, "eval").get("positive_threshold", 0.05)
     out = [
@@ -513,6 +547,11 @@ def render_html(run_dir, cfg, metrics, summary, samples, plots, during=()) -> st
             "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in summary_table(summary, threshold)
         ]
         out.append("</table>")
+        if per_prompt:
+            out.append(f"<p>{e(PER_PROMPT_NOTE)}</p>")
+            out.append('<table class="numbers"><tr>' + "".join(f"<th>{e(h)}</th>" for h in PER_PROMPT_HEADER) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in per_prompt]
+            out.append("</table>")
     else:
         out.append(
             f"<p>No evaluation yet (no eval/summary.json): run <code>rlhflab eval --run {e(str(run_dir))}</code>.</p>"
@@ -576,12 +615,15 @@ def write_report(run_dir: Path) -> Path:
     cfg = read_config(run_dir)
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     summary = read_summary(run_dir)
-    samples = sample_rows(read_jsonl(run_dir / "eval" / "before.jsonl"), read_jsonl(run_dir / "eval" / "after.jsonl"))
+    before, after = read_jsonl(run_dir / "eval" / "before.jsonl"), read_jsonl(run_dir / "eval" / "after.jsonl")
+    samples = sample_rows(before, after)
+    per_prompt = per_prompt_table(before, after, section(cfg, "eval").get("positive_threshold", 0.05))
     during = training_samples(read_jsonl(run_dir / "samples.jsonl"))
     plots = write_plots(run_dir, metrics)
-    (run_dir / "report.html").write_text(render_html(run_dir, cfg, metrics, summary, samples, plots, during))
+    args = (run_dir, cfg, metrics, summary, samples, plots, during, per_prompt)
+    (run_dir / "report.html").write_text(render_html(*args))
     path = run_dir / "report.md"
-    path.write_text(render_markdown(run_dir, cfg, metrics, summary, samples, plots, during))
+    path.write_text(render_markdown(*args))
     return path
 
 

@@ -84,14 +84,16 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
 
 def held_out_prompts(cfg: Config, train_prompts: list[str], eval_file: str | None) -> list[str]:
     """eval.prompts, then data.eval_prompts_file's or (imdb) data.eval_dataset_split's openings; without any, the
-    first training prompts show the change."""
+    first training prompts show the change. A prompt listed twice is evaluated once (× eval.samples_per_prompt)."""
     if eval_file:
-        return cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
-    if cfg.data.source == "imdb" and cfg.data.eval_dataset_split:
+        prompts = cfg.eval.prompts + read_prompts(eval_file, "data.eval_prompts_file")
+    elif cfg.data.source == "imdb" and cfg.data.eval_dataset_split:
         from rlhflab.data.imdb import imdb_prompts
 
-        return cfg.eval.prompts + imdb_prompts(cfg.data.eval_dataset_split, cfg.data.prompt_words)
-    return cfg.eval.prompts or train_prompts[:16]
+        prompts = cfg.eval.prompts + imdb_prompts(cfg.data.eval_dataset_split, cfg.data.prompt_words)
+    else:
+        prompts = cfg.eval.prompts or train_prompts[:16]
+    return list(dict.fromkeys(prompts))
 
 
 def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE) -> Setup:

@@ -65,3 +65,15 @@ def test_imdb_presets_evaluate_at_least_64_held_out_completions(monkeypatch, alg
     prompts = held_out_prompts(cfg, train_prompts, None)[: cfg.eval.max_prompts]
     assert len(prompts) * cfg.eval.samples_per_prompt >= 64
     assert prompts[:4] == cfg.eval.prompts and not set(prompts) & set(train_prompts)
+
+
+def test_a_prompt_listed_in_eval_prompts_and_the_eval_file_is_evaluated_once(tmp_path):
+    """The smollm2 presets list the published openings, which the demo's held-out file holds too."""
+    from rlhflab.data.corpus import EVAL_OPENINGS
+    from rlhflab.train import held_out_prompts
+
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text("\n".join(EVAL_OPENINGS) + "\n")
+    cfg = build_config(preset="smollm2-grpo")
+    prompts = held_out_prompts(cfg, ["a training prompt"], str(eval_file))
+    assert prompts[:4] == cfg.eval.prompts and sorted(prompts) == sorted(EVAL_OPENINGS)

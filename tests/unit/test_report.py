@@ -256,3 +256,36 @@ def test_report_shows_samples_of_the_first_and_last_sampled_step(tmp_path):
     assert "prompt 10.0" not in md and "prompt 20.4" not in md
     text = "".join(parse(run_dir / "report.html").text)
     assert "Samples during training" in text and "text <b>20.3</b>" in text and "prompt 10.0" not in text
+
+
+def test_per_prompt_rows_by_hand():
+    """Two prompts, samples matched by position; a row's own verdict ("positive") wins over score > threshold."""
+    from rlhflab.report import per_prompt_rows
+
+    before = [
+        {"prompt": "This is the worst", "score": -0.5},
+        {"prompt": "This is the worst", "score": 0.2},
+        {"prompt": "The cast is", "score": 0.3, "positive": False},  # a judge said no, whatever the score
+    ]
+    after = [
+        {"prompt": "This is the worst", "score": 0.6},
+        {"prompt": "This is the worst", "score": 0.04},  # under the threshold
+        {"prompt": "The cast is", "score": 0.01, "positive": True},
+    ]
+    rows = per_prompt_rows(before, after, threshold=0.05)
+    assert [r[:2] for r in rows] == [("This is the worst", 2), ("The cast is", 1)]
+    worst, cast = rows
+    assert worst[2:4] == (0.5, 0.5) and worst[4] == pytest.approx(-0.15) and worst[5] == pytest.approx(0.32)
+    assert cast[2:] == (0.0, 1.0, 0.3, 0.01)
+
+
+def test_report_and_card_show_each_prompt_before_and_after(tmp_path):
+    from rlhflab.modelcard import render_model_card
+
+    run_dir = make_run_dir(tmp_path)
+    report = write_report(run_dir).read_text()
+    assert "| prompt | samples | positive before | positive after |" in report
+    assert f"| {PROMPTS[0]} | 1 | 0% | 100% | -0.50 | +0.50 |" in report
+    assert "positive after" in (run_dir / "report.html").read_text()
+    card = render_model_card(run_dir)
+    assert f"| {PROMPTS[0]} | 1 | 0% | 100% | -0.50 | +0.50 |" in card
