@@ -252,7 +252,6 @@ DEMO_MODELS = {
 
 def cmd_demo(args) -> int:
     from rlhflab.distributed import launched_rank
-    from rlhflab.models.tiny import ensure_demo_assets
 
     main_process = launched_rank() == 0  # under torchrun, one process talks and builds the assets
     preset, who = DEMO_MODELS[args.model]
@@ -261,7 +260,14 @@ def cmd_demo(args) -> int:
             f"rlhflab demo: teach {who}\nto continue movie-review openings positively, rewarded by the VADER "
             "sentiment lexicon,\nwith a KL penalty to the starting model.\n"
         )
-        ensure_demo_assets()
+        if args.model == "tiny":
+            from rlhflab.models.tiny import ensure_demo_assets
+
+            ensure_demo_assets()
+        else:  # the demo's prompts and its naive-Bayes judge; the model is fetched by train()
+            from rlhflab.data.demo import ensure_demo_data
+
+            ensure_demo_data()
     cfg = _config_from_args(args, preset)
     if main_process:
         print(
