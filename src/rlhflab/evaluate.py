@@ -48,8 +48,9 @@ def sample_and_judge(
     prompts = [p for p in prompts for _ in range(cfg.eval.samples_per_prompt)]
     generator = torch.Generator(device=device).manual_seed(seed)
     rows, nll_sum, n_tokens, lengths, ended = [], 0.0, 0, [], []
-    for start in range(0, len(prompts), cfg.rollout.batch_size):
-        chunk = prompts[start : start + cfg.rollout.batch_size]
+    batch = cfg.eval.batch_size or cfg.rollout.batch_size
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
         if use_reference:
             with roles.reference_model() as model:
                 rollout, completions = sample_rollout(

@@ -66,6 +66,7 @@ def test_overrides_are_typed():
         ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),
         ("algorithm.target_kl=0", "algorithm.target_kl: must be > 0 (or null = off), got 0.0"),
         ("checkpoint.keep=0", "checkpoint.keep: must be a positive integer, got 0"),  # [:-0] kept them all
+        ("eval.batch_size=-4", "eval.batch_size: must be a positive integer, got -4"),  # 0 = rollout.batch_size
         ("checkpoint.keep=-1", "checkpoint.keep: must be a positive integer, got -1"),
     ],
 )
