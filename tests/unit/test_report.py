@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab import report
 from rlhflab.config import build_config, save_config
 from rlhflab.errors import UserError
 from rlhflab.report import write_report
+from rlhflab.reporting import run_report as report  # the module whose globals write_report uses
 
 PPO_PLOTS = {"score", "kl", "entropy", "policy", "generation", "value"}
 VALUE_KEYS = ("loss/value", "val/explained_variance", "val/clipfrac", "val/mean")
