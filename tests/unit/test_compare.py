@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from conftest import LENGTH_REWARD
 
-from rlhflab import compare
 from rlhflab.compare import (
     RunResult,
     disturbed_timings,
     equal_budget_steps,
     plan_compare,
+    planning,  # the modules whose globals the tests patch
     run_child,
     run_compare,
+    running,
     write_compare_report,
 )
 from rlhflab.config import build_config
@@ -86,13 +87,13 @@ def test_plan_errors(tmp_path, args, message):
 
 
 def test_presets_must_agree_on_batch_size_and_judge(tmp_path, monkeypatch):
-    real = compare.build_config
+    real = planning.build_config
 
     def skewed(preset=None, overrides=()):
         extra = {"demo-grpo": ["rollout.batch_size=64"], "demo-rloo": ["eval.max_prompts=8"]}.get(preset, [])
         return real(preset=preset, overrides=[*overrides, *extra])
 
-    monkeypatch.setattr(compare, "build_config", skewed)
+    monkeypatch.setattr(planning, "build_config", skewed)
     with pytest.raises(UserError, match=r"disagree \(demo-ppo: 32, demo-grpo: 64\)"):
         plan_compare("demo", ["ppo", "grpo"], None, 1, tmp_path, [])
     with pytest.raises(UserError, match="demo-ppo and demo-rloo differ in eval.max_prompts"):
@@ -144,7 +145,7 @@ def test_compare_end_to_end_then_resume(tiny_model_dir, prompts_file, tmp_path, 
         calls.append(cmd)
         return {"returncode": 0, "wall_s": 1.0, "peak_rss_mib": 1.0}
 
-    monkeypatch.setattr(compare, "run_child", fake_child)
+    monkeypatch.setattr(running, "run_child", fake_child)
     run_compare("demo", ["ppo", "rloo", "grpo"], 8, 1, out, overrides, None)
     assert calls == []
     # an unfinished run is retrained from scratch, one missing its evaluation is only evaluated

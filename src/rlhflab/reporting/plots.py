@@ -7,9 +7,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,10 +52,11 @@ def smooth(values: list[float], half_window: int) -> list[float]:
     return out
 
 
-def try_plot(who: str, name: str, draw: Callable[..., T], *args) -> T | None:
-    """``draw(*args)``, or None after one warning on stderr: a plot must never fail a run or hide a report's tables."""
+def try_plot(who: str, name: str, draw: Callable[..., int], *args) -> int:
+    """``draw(*args)``: the number of side-by-side subplots it drew to its PNG (0: none). A failure gives 0 and one
+    warning on stderr: a plot must never fail a run or hide a report's tables."""
     try:
         return draw(*args)
     except Exception as err:
         print(f"{who}: skipped the {name} plot ({type(err).__name__}: {err})", file=sys.stderr)
-        return None
+        return 0
