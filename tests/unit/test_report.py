@@ -289,3 +289,13 @@ def test_report_and_card_show_each_prompt_before_and_after(tmp_path):
     assert "positive after" in (run_dir / "report.html").read_text()
     card = render_model_card(run_dir)
     assert f"| {PROMPTS[0]} | 1 | 0% | 100% | -0.50 | +0.50 |" in card
+
+
+def test_per_prompt_table_in_html_is_escaped_once(tmp_path):
+    run_dir = make_run_dir(tmp_path)
+    for name in ("before", "after"):
+        row = {"prompt": "<b>bold | opening</b>", "completion": " text", "score": 0.5}
+        (run_dir / "eval" / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    write_report(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert "<td>&lt;b&gt;bold | opening&lt;/b&gt;</td>" in page and "&amp;lt;" not in page

@@ -344,13 +344,14 @@ def write_report(run_dir: Path) -> Path:
     summary = read_summary(run_dir)
     before, after = read_jsonl(run_dir / "eval" / "before.jsonl"), read_jsonl(run_dir / "eval" / "after.jsonl")
     samples = sample_rows(before, after)
-    per_prompt = per_prompt_table(before, after, positive_threshold(cfg))
+    threshold = positive_threshold(cfg)
     during = training_samples(read_jsonl(run_dir / "samples.jsonl"))
     plots = write_plots(run_dir, metrics)
-    args = (run_dir, cfg, metrics, summary, samples, plots, during, per_prompt)
-    (run_dir / "report.html").write_text(render_html(*args))
+    args = (run_dir, cfg, metrics, summary, samples, plots, during)
+    html_rows = per_prompt_table(before, after, threshold, cell=str)
+    (run_dir / "report.html").write_text(render_html(*args, html_rows))
     path = run_dir / "report.md"
-    path.write_text(render_markdown(*args))
+    path.write_text(render_markdown(*args, per_prompt_table(before, after, threshold)))
     return path
 
 

@@ -91,10 +91,11 @@ def per_prompt_rows(
     return out
 
 
-def per_prompt_table(before: list[dict], after: list[dict], threshold: float) -> list[list[str]]:
-    """Markdown rows of :func:`per_prompt_rows`."""
+def per_prompt_table(before: list[dict], after: list[dict], threshold: float, cell=md_cell) -> list[list[str]]:
+    """Rows of :func:`per_prompt_rows` as text; ``cell`` makes the prompt safe (Markdown by default, ``str`` for
+    HTML, which escapes its cells itself)."""
     return [
-        [md_cell(prompt), str(n), f"{sb:.0%}", f"{sa:.0%}", f"{mb:+.2f}", f"{ma:+.2f}"]
+        [cell(prompt), str(n), f"{sb:.0%}", f"{sa:.0%}", f"{mb:+.2f}", f"{ma:+.2f}"]
         for prompt, n, sb, sa, mb, ma in per_prompt_rows(before, after, threshold)
     ]
 
