@@ -279,6 +279,21 @@ class DistributedConfig:
 
 
 @dataclass
+class FastPathsConfig:
+    """Each fast path computes what the plain path computes, with less memory or time (rlhflab.fastpaths)."""
+
+    lora_in_place: bool = True
+    """LoRA layers add their update into the base layer's output in place: the same numbers, fewer freed blocks
+    (never under train.activation_checkpointing selective, which keeps that output). false = peft's own forward."""
+    reserved_kv_cache: bool = True
+    """Generation's KV cache reserves each layer's room at its first write instead of copying it longer every token:
+    the same tokens. false = transformers' DynamicCache."""
+    hidden_logprobs: bool = True
+    """Log-probs from the last hidden states, vocabulary block by block, where the LM head is a plain frozen linear
+    layer: no (rows x tokens x vocabulary) logits, equal within float rounding. false = from the logits."""
+
+
+@dataclass
 class Config:
     seed: int = 42
     """The one seed that controls data order, sampling and initialisation."""
@@ -298,6 +313,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    fast_paths: FastPathsConfig = field(default_factory=FastPathsConfig)
+    """Opt-outs of the fast paths (each is on by default and tested against its plain path)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

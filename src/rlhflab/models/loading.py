@@ -169,6 +169,12 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer under a causal LM's head (GPTNeoXModel etc.), through a PeftModel's wrappers: its forward
+    returns hidden states, no logits."""
+    return causal_lm(model).base_model
+
+
 def transformer_blocks(model: torch.nn.Module, key: str) -> list[torch.nn.Module]:
     """The model's transformer blocks: instances of the classes it names in ``_no_split_modules`` (Hugging Face
     models do). ``key`` is the config option that needs them, for the error when a model names none."""
