@@ -38,8 +38,8 @@ def add_lora_in_place(model: torch.nn.Module) -> None:
 
     peft computes ``result = result + lora_B(lora_A(dropout(x))) * scaling``: a scaled copy and a new sum, two
     (tokens, out_features) tensors per adapted layer, each freed a moment later. In the update's forward they end up
-    as freed blocks between the activations kept for the backward, which glibc keeps resident (~0.2 GiB at the
-    410 M shape's peak, docs/benchmarks.md). ``result.add_(lora_B(...).mul_(scaling))`` does the same two roundings
+    as freed blocks between the activations kept for the backward, which glibc keeps resident (docs/benchmarks.md,
+    "What was made faster"). ``result.add_(lora_B(...).mul_(scaling))`` does the same two roundings
     in the same order, so the numbers are bit-identical; autograd needs neither tensor (a linear layer keeps its input,
     a sum and a product by a number keep nothing). DoRA and other variants, several active adapters (peft sums them in
     the wider dtype before rounding), mixed-adapter batches (``adapter_names``) and merged or disabled adapters keep

@@ -135,7 +135,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row of (B, V) probabilities by inverse CDF. Exact like ``torch.multinomial``, but it draws B
-    random numbers instead of B × V (at a 49k vocabulary 3 ms instead of 37 ms a step: docs/benchmarks.md)."""
+    random numbers instead of B × V (an order of magnitude faster at a 49k vocabulary: docs/benchmarks.md)."""
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=probs.dtype)  # (B, 1) in [0, 1)
     return invert_cdf(probs, u)
 

@@ -193,8 +193,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     from peft import get_peft_model
 
     from rlhflab.fastpaths import add_lora_in_place
-    from rlhflab.models.loading import lora_targets
-    from rlhflab.models.roles import lora_config
+    from rlhflab.models.loading import lora_config, lora_targets
 
     targets = lora_targets(model, lora.target_modules, "lora.target_modules")
     model = get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, targets, lora.bias))

@@ -148,6 +148,26 @@ def test_logprobs_from_hidden_states_equal_the_logits_path(tiny_model_dir, promp
     assert (ref_fused - fused).abs().max() > 1e-3  # the adapter was really off for the reference
 
 
+def test_the_hidden_state_logprobs_opt_out_takes_the_logits_path_with_the_same_numbers(tiny_model_dir, prompts_file):
+    """fast_paths.hidden_logprobs=false: no role's log-probs skip the head, and they equal the fast path's."""
+    _, rollout = _rollout(tiny_model_dir, PROMPTS, response_len=6)
+    results = []
+    for fast in ("true", "false"):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        roles = load_setup(make_cfg(tiny_model_dir, prompts_file, f"fast_paths.hidden_logprobs={fast}")).roles
+        actor = roles.actor()
+        with roles.reference_model() as reference:
+            assert (plain_lm_head(actor) is None) is (plain_lm_head(reference) is None) is (fast == "false")
+        head_calls = []
+        actor.get_output_embeddings().register_forward_hook(lambda *_, calls=head_calls: calls.append(1))
+        with torch.no_grad():
+            results.append(response_logprobs(actor, rollout, 0.8, with_entropy=True))
+        assert bool(head_calls) is (fast == "false")
+    (fused, fused_entropy), (plain, plain_entropy) = results
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused_entropy, plain_entropy, atol=1e-5, rtol=0)
+
+
 def test_plain_lm_head_only_where_logits_are_the_head_of_the_hidden_states(tiny_model_dir):
     """Heads that are trained, configs that cap or scale logits, and a forward that changes the logits after the
     head all keep the logits path (the numbers would differ otherwise)."""

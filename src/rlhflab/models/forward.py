@@ -30,7 +30,7 @@ def keep_positions(start: int, stop: int, device: torch.device) -> torch.Tensor:
     """``logits_to_keep`` for positions ``start .. stop - 1``, as a tensor rather than a count: the LM head then
     multiplies a contiguous (B, n, H) copy. A count keeps a strided slice of the hidden states, which matmul runs
     as a bmm over B copies of the head's weight: with bf16 on a CPU, seconds of copying per pass at the
-    Pythia-410m shape (2.3 s of a 3.5 s scoring pass of 8 rows; 5 s of the 16 rows' prefill)."""
+    Pythia-410m shape (docs/benchmarks.md)."""
     return torch.arange(start, stop, device=device)
 
 

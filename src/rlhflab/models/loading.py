@@ -241,6 +241,20 @@ def lora_targets(model: torch.nn.Module, targets: list[str] | str, key: str, rol
     return names if same else picked
 
 
+def lora_config(r: int, alpha: int, dropout: float, targets: list[str], bias: str = "none"):
+    """peft's ``LoraConfig`` of a causal-LM adapter: the policy's, the critic's, or SFT's."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+        bias=bias,
+        task_type="CAUSAL_LM",
+    )
+
+
 def compile_blocks(model: torch.nn.Module) -> None:
     """``torch.compile`` each transformer block's forward in the passes without a KV cache (scoring and update).
     Regional compilation: the blocks run the same code, so one compiled graph serves all of them (recompiled per

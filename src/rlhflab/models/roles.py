@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from rlhflab.batch import Rollout
@@ -33,20 +33,9 @@ from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
 from rlhflab.fastpaths import add_lora_in_place, plain_lm_head, use_logits_path
 from rlhflab.models.forward import keep_positions, position_ids
-from rlhflab.models.loading import backbone, checkpoint_activations, compile_blocks, lora_targets
+from rlhflab.models.loading import backbone, checkpoint_activations, compile_blocks, lora_config, lora_targets
 
 POLICY, CRITIC = "default", "critic"
-
-
-def lora_config(r: int, alpha: int, dropout: float, targets: list[str], bias: str = "none") -> LoraConfig:
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(targets),
-        bias=bias,
-        task_type="CAUSAL_LM",
-    )
 
 
 def value_head_width(base: torch.nn.Module) -> int:
