@@ -1,7 +1,8 @@
 """Setting a run up: the seed, the model and prompt sources, the loaded roles, and the run directory.
 
 :func:`load_setup` loads everything a step needs (:class:`Setup`); ``rlhflab train`` and ``rlhflab eval`` both start
-here. :func:`prepare_run_dir` writes the resolved config once everything has loaded.
+here. :func:`prepare_run_dir` writes the resolved config once everything has loaded; :func:`resume_state` continues a
+run directory from its newest checkpoint.
 """
 
 from __future__ import annotations

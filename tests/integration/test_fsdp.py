@@ -55,7 +55,7 @@ def scale_adapters(setup, factor: float) -> None:
 
 def score_and_update(setup, rollout: Rollout, cfg, dist: Dist):
     """The scoring passes (at the halved weights the rollout was sampled with), then advantages and one
-    optimiser update (gradient accumulation over micro-batches, all-reduce, clip, AdamW) as ``train.update``."""
+    optimiser update (gradient accumulation over micro-batches, all-reduce, clip, AdamW) as ``update.update``."""
     from rlhflab.algorithms.registry import algorithm_for
     from rlhflab.rollout import score_rollout
     from rlhflab.update import update

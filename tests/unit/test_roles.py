@@ -1,4 +1,4 @@
-"""LoRA's in-place update (models.roles.add_lora_in_place): the same numbers as peft's forward, fewer tensors."""
+"""LoRA's in-place update (fastpaths.add_lora_in_place): the same numbers as peft's forward, fewer tensors."""
 
 import copy
 

@@ -323,7 +323,7 @@ class KeepGradients(torch.optim.SGD):
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean", "seq_sum_constant"])
 def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity, loss_agg):
-    """Through ``train.update`` (the normalisers it passes, its accumulation and clipping): 4 micro-batches of 2
+    """Through ``update.update`` (the normalisers it passes, its accumulation and clipping): 4 micro-batches of 2
     rows give the gradient and the loss stats of one micro-batch of 8, within 1e-6."""
     from rlhflab.update import update
 
@@ -526,7 +526,7 @@ def test_selective_checkpointing_keeps_products_and_attention_and_recomputes_the
 
 
 def test_reserved_kv_cache_samples_what_the_default_cache_samples(tiny_model_dir, prompts_file):
-    """rollout.kv_cache reserves each layer's room up front; tokens and logprobs stay exactly the same."""
+    """fastpaths.kv_cache reserves each layer's room up front; tokens and logprobs stay exactly the same."""
     from rlhflab import fastpaths
 
     cfg = make_cfg(tiny_model_dir, prompts_file, "rollout.max_new_tokens=12")

@@ -1,4 +1,4 @@
-"""train.update on a toy policy whose logprobs are one trainable (B, T) tensor: the loss it builds, its β, its
+"""update.update on a toy policy whose logprobs are one trainable (B, T) tensor: the loss it builds, its β, its
 aggregation constant, the learning rate it applies and logs, early stopping and masked truncated rows."""
 
 from types import SimpleNamespace

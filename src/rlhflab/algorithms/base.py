@@ -61,11 +61,14 @@ normalised by the whole (global) minibatch's counts, so the micro-batches' gradi
 
 
 def never(cfg: Config) -> bool:
+    """The old logprobs always come from the scoring pass."""
     return False
 
 
 @dataclass(frozen=True)
 class Algorithm:
+    """What the loop needs to know of an algorithm; ``name`` is its ``algorithm.name``."""
+
     name: str
     needs_critic: bool
     advantages: AdvantageFn
