@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-import rlhflab.rollout as rollout_module
+from rlhflab.batch import Rollout
 from rlhflab.bench import BenchOptions, bench_config, build_model_dir, write_prompts
-from rlhflab.rollout import Rollout, position_ids, response_mask
-from rlhflab.train import load_setup, tokenize_prompts
+from rlhflab.models.forward import position_ids, response_logprobs
+from rlhflab.rollout import generate as sample
+from rlhflab.rollout import response_mask, tokenize_prompts
+from rlhflab.session import load_setup
 
 
 def timed(fn) -> float:
@@ -44,12 +46,10 @@ def main() -> None:
     actor, tokenizer = setup.roles.actor(), setup.tokenizer
     ids, mask = tokenize_prompts(tokenizer, prompts_file.read_text().splitlines()[:16], 32, setup.device)
     generator = torch.Generator().manual_seed(0)
-    reserved, plain = rollout_module.kv_cache, lambda capacity: rollout_module.DynamicCache()
 
-    def generate(cache):
-        rollout_module.kv_cache = cache
-        rollout_module.generate(actor, ids, mask, 48, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
-        rollout_module.kv_cache = reserved
+    def generate(reserved_cache):
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        sample(actor, ids, mask, 48, eos, pad, generator, reserved_cache=reserved_cache)
 
     response = torch.randint(2, len(tokenizer) - 1, (16, 48), generator=generator)
     rollout = Rollout(ids, mask, response, response_mask(response, tokenizer.eos_token_id))
@@ -57,7 +57,7 @@ def main() -> None:
     def scoring_pass(rows_per_pass):
         with torch.no_grad():
             for chunk in rollout.chunks(rows_per_pass):
-                rollout_module.response_logprobs(actor, chunk, 1.0, with_entropy=True, rows_at_once=2)
+                response_logprobs(actor, chunk, 1.0, with_entropy=True, rows_at_once=2)
 
     def with_cache(use_cache):
         m = rollout.attention_mask
@@ -72,7 +72,7 @@ def main() -> None:
                 )
 
     pairs = {
-        "generate: reserved KV cache / DynamicCache": (lambda: generate(reserved), lambda: generate(plain)),
+        "generate: reserved KV cache / DynamicCache": (lambda: generate(True), lambda: generate(False)),
         "scoring: 8 rows per pass / 2": (lambda: scoring_pass(8), lambda: scoring_pass(2)),
         "scoring pass: use_cache=False / True": (lambda: with_cache(False), lambda: with_cache(True)),
     }

@@ -16,8 +16,9 @@ import time
 import torch
 
 from rlhflab.config import build_config
-from rlhflab.rollout import response_logprobs, sample_categorical
-from rlhflab.train import load_setup, sample_rollout
+from rlhflab.models.forward import response_logprobs
+from rlhflab.rollout import sample_categorical, sample_rollout
+from rlhflab.session import load_setup
 
 
 def best_of(repeat: int, fn) -> float:

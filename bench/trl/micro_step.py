@@ -26,9 +26,10 @@ from trl.experimental.ppo.ppo_trainer import forward as trl_forward
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax
 
 from rlhflab.algorithms.ppo import ppo_micro_step
+from rlhflab.batch import Rollout
 from rlhflab.bench import BenchOptions, bench_config
-from rlhflab.rollout import Rollout, response_mask
-from rlhflab.train import load_setup, tokenize_prompts
+from rlhflab.rollout import response_mask, tokenize_prompts
+from rlhflab.session import load_setup
 
 RESPONSE = 48
 

@@ -2,8 +2,9 @@
 
 For each layout (``shared``, ``separate``) a fresh Python process runs :func:`rlhflab.train.train` on a
 random-weight model of the chosen shape, so the peak resident memory of one layout never mixes with another's.
-The worker only *observes* the loop: it wraps the loop's phase functions with timers and puts forward hooks on
-the models to count passes and FLOPs; it never trains differently from ``rlhflab train``.
+The worker (:mod:`rlhflab.bench_worker`) only *observes* the loop: it is the loop's timing hooks
+(:class:`rlhflab.hooks.LoopHooks`) and puts forward hooks on the models to count passes and FLOPs; it never trains
+differently from ``rlhflab train``.
 
 FLOPs are counted, not guessed from a parameter count: every ``nn.Linear`` call adds ``2 · in · out`` per row it
 multiplies (LoRA's A and B, the value head and the LM head included, only the positions actually projected), every
@@ -15,24 +16,21 @@ the best of a few large square ``torch.matmul`` in the same dtype and device, me
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from rlhflab.bench_worker import sync
 from rlhflab.errors import UserError
 
 SHAPES = ("tiny", "pythia-410m")
@@ -142,181 +140,16 @@ def gemm_peak_flops(dtype: torch.dtype, device: torch.device, n: int | None = No
     torch.matmul(a, b)  # warm-up
     best = math.inf
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         torch.matmul(a, b)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# the worker: one layout, one process
-
-
-class Meter:
-    """Seconds, forward passes and FLOPs per phase and per step, filled by wrappers and hooks."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.steps: list[dict] = []
-        self.stack: list[str] = []
-        self.mark = time.perf_counter()
-        self.hooked: set[int] = set()
-        self.peak = 0  # the peak RSS when the last phase ended
-
-    @property
-    def current(self) -> dict:
-        return self.steps[-1]
-
-    def new_step(self) -> None:
-        self.steps.append(
-            {
-                "seconds": defaultdict(float),
-                "forward_calls": defaultdict(int),
-                "rows": defaultdict(int),
-                "tokens": defaultdict(int),
-                "flops": defaultdict(float),
-                "rss_growth": defaultdict(int),
-            }
-        )
-
-    def _switch(self) -> None:
-        _sync(self.device)
-        now = time.perf_counter()
-        if self.steps:
-            if self.stack:
-                self.current["seconds"][self.stack[-1]] += now - self.mark
-            # which phase raised the process's peak memory (before the first phase: loading)
-            peak = peak_rss_bytes()
-            self.current["rss_growth"][self.phase_name] += peak - self.peak
-            self.peak = peak
-        self.mark = now
-
-    @contextlib.contextmanager
-    def phase(self, name: str):
-        self._switch()
-        self.stack.append(name)
-        try:
-            yield
-        finally:
-            self._switch()
-            self.stack.pop()
-
-    @property
-    def phase_name(self) -> str:
-        return self.stack[-1] if self.stack else "other"
-
-    # forward hooks ------------------------------------------------------------------------------------------------
-    def instrument(self, model: torch.nn.Module) -> None:
-        """Count backbone passes (and their attention FLOPs) and every Linear's FLOPs in ``model``."""
-        from transformers import PreTrainedModel
-
-        for module in model.modules():
-            if id(module) in self.hooked:
-                continue
-            if isinstance(module, PreTrainedModel) and module.base_model is module:  # e.g. GPTNeoXModel
-                self.hooked.add(id(module))
-                module.register_forward_pre_hook(self._backbone_hook, with_kwargs=True)
-            elif isinstance(module, torch.nn.Linear):
-                self.hooked.add(id(module))
-                module.register_forward_hook(self._linear_hook)
-
-    def _backbone_hook(self, module, args, kwargs) -> None:
-        if not self.steps:
-            return
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        rows, length = ids.shape
-        mask = kwargs.get("attention_mask")
-        context = mask.shape[1] if mask is not None else length
-        cfg = module.config
-        attention = 4.0 * cfg.num_hidden_layers * cfg.hidden_size * rows * length * context
-        step, phase = self.current, self.phase_name
-        step["forward_calls"][phase] += 1
-        step["rows"][phase] += rows
-        step["tokens"][phase] += rows * length
-        step["flops"][phase] += attention * (3.0 if torch.is_grad_enabled() else 1.0)
-
-    def _linear_hook(self, module, inputs, output) -> None:
-        if not self.steps:
-            return
-        x = inputs[0]
-        per_pass = 2.0 * (x.numel() // module.in_features) * module.in_features * module.out_features
-        passes = 1.0
-        if torch.is_grad_enabled() and output.requires_grad:
-            passes += float(x.requires_grad) + float(module.weight.requires_grad)
-        self.current["flops"][self.phase_name] += per_pass * passes
-
-    def counting_head(self, logprobs_from_hidden: Callable) -> Callable:
-        """``ops.logprobs_from_hidden`` that also counts the LM head's products (it multiplies the head's weight
-        itself, so no Linear hook sees them): the logits, and with gradients the Jacobian's product, the share of
-        the backward that the logits path's head runs."""
-
-        def counted(hidden: torch.Tensor, weight: torch.Tensor, *args, **kwargs):
-            if self.steps:
-                passes = 2.0 if torch.is_grad_enabled() and hidden.requires_grad else 1.0
-                tokens = hidden.numel() // weight.shape[1]
-                self.current["flops"][self.phase_name] += passes * 2.0 * tokens * weight.numel()
-            return logprobs_from_hidden(hidden, weight, *args, **kwargs)
-
-        return counted
-
-
-def _install(meter: Meter) -> None:
-    """Wrap the loop's phase functions (in the train module's namespace) and hook the models when built."""
-    from rlhflab import rollout as rollout_module
-    from rlhflab import train as train_module
-    from rlhflab.models.roles import Roles
-    from rlhflab.rewards.base import CompositeReward
-
-    def timed(fn, name: str, starts_step: bool = False):
-        def wrapper(*args, **kwargs):
-            if starts_step:
-                meter.new_step()
-            with meter.phase(name):
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-    class InstrumentedRoles(Roles):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            for model in self.models():
-                meter.instrument(model)
-
-        @contextlib.contextmanager
-        def reference_model(self):
-            with meter.phase("ref_logprobs"), super().reference_model() as reference:
-                yield reference
-
-        def values(self, *args, **kwargs):
-            if meter.phase_name == "update":  # the critic's training pass belongs to the update
-                return super().values(*args, **kwargs)
-            with meter.phase("values"):
-                return super().values(*args, **kwargs)
-
-    def update(*args, **kwargs):
-        with meter.phase("update"):
-            out = original_update(*args, **kwargs)
-        meter.current["peak_rss_bytes"] = peak_rss_bytes()  # after the step's update, before the final save
-        return out
-
-    def reward(self, *args, **kwargs):
-        with meter.phase("reward"):
-            return original_reward(self, *args, **kwargs)
-
-    original_update, original_reward = train_module.update, CompositeReward.__call__
-    rollout_module.logprobs_from_hidden = meter.counting_head(rollout_module.logprobs_from_hidden)
-    train_module.Roles = InstrumentedRoles
-    train_module.sample_rollout = timed(train_module.sample_rollout, "generate", starts_step=True)
-    train_module.score_rollout = timed(train_module.score_rollout, "logprobs")
-    train_module.update = update
-    CompositeReward.__call__ = reward
+# the parent: build, run each layout, summarise
 
 
 def heap_allocator() -> str:
@@ -328,57 +161,6 @@ def heap_allocator() -> str:
     except OSError:  # not Linux
         return "system"
     return next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if name in maps), "glibc")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def worker(config_file: Path, result_file: Path) -> None:
-    """Run ``rlhflab train`` on one config inside this (fresh) process and write what was measured."""
-    from rlhflab.config import load_config
-    from rlhflab.models.loading import resolve_device
-    from rlhflab.train import train
-
-    cfg = load_config(config_file)
-    device = resolve_device(cfg.model.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    meter = Meter(device)
-    _install(meter)
-    run_dir = train(cfg, overwrite=True)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    steps = []
-    for measured, logged in zip(meter.steps, metrics):
-        steps.append(
-            {
-                "step_seconds": logged["time/step"],
-                "seconds": dict(measured["seconds"]),
-                "forward_calls": dict(measured["forward_calls"]),
-                "rows": dict(measured["rows"]),
-                "tokens": dict(measured["tokens"]),
-                "flops": dict(measured["flops"]),
-                "rss_growth": dict(measured["rss_growth"]),
-                "response_tokens": logged["gen/length"] * cfg.rollout.batch_size,
-                "mean_length": logged["gen/length"],
-                "peak_rss_bytes": measured.get("peak_rss_bytes"),
-            }
-        )
-    result = {
-        "roles": cfg.model.roles,
-        "peak_rss_bytes": max(s["peak_rss_bytes"] or 0 for s in steps),
-        "peak_rss_bytes_process": peak_rss_bytes(),
-        "peak_cuda_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        "device": str(device),
-        "steps": steps,
-    }
-    result_file.write_text(json.dumps(result, indent=1))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the parent: build, run each layout, summarise
 
 
 def summarise(raw: dict, batch: int) -> dict:
@@ -438,7 +220,13 @@ def run_bench(opts: BenchOptions) -> dict:
             print(f"bench: {layout} roles, {opts.steps} {opts.algo} step(s) in a fresh process ...", file=sys.stderr)
             started = time.perf_counter()
             done = subprocess.run(  # its stderr is ours: the progress bar over the steps, and any error
-                [sys.executable, "-m", "rlhflab.bench", str(tmp / f"{layout}.yaml"), str(tmp / f"{layout}.json")],
+                [
+                    sys.executable,
+                    "-m",
+                    "rlhflab.bench_worker",
+                    str(tmp / f"{layout}.yaml"),
+                    str(tmp / f"{layout}.json"),
+                ],
                 stdout=subprocess.DEVNULL,
             )
             if done.returncode != 0:
@@ -576,13 +364,3 @@ def bench_command(opts: BenchOptions) -> dict:
         Path(opts.json_path).write_text(json.dumps(report, indent=1) + "\n")
         print(f"JSON written to {opts.json_path}")
     return report
-
-
-if __name__ == "__main__":  # the worker process: python -m rlhflab.bench CONFIG RESULT
-    import warnings
-
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    try:
-        worker(Path(sys.argv[1]), Path(sys.argv[2]))
-    except UserError as err:  # one line, as the CLI prints it, not a traceback
-        sys.exit(f"rlhflab bench: error: {err}")

@@ -22,8 +22,11 @@ import torch
 
 from rlhflab.config import Config, RewardComponent, load_config
 from rlhflab.errors import UserError
+from rlhflab.models.forward import response_logprobs
 from rlhflab.ops import masked_sum
 from rlhflab.rewards.base import Judge, build_judge
+from rlhflab.rollout import is_eos, sample_rollout
+from rlhflab.session import load_setup
 
 VERDICT_THRESHOLDS = {"lexicon": 0.05, "classifier": 0.5, "naive_bayes": 0.0}
 """A judge calls a text positive above this: VADER compound > 0.05 (VADER's own convention), a classifier's label
@@ -41,9 +44,6 @@ def sample_and_judge(
     setup, cfg: Config, reward, prompts: list[str], use_reference: bool, seed: int
 ) -> tuple[list[dict], dict]:
     """Sample one completion per prompt (× eval.samples_per_prompt) and measure it; returns (rows, summary)."""
-    from rlhflab.rollout import is_eos, response_logprobs
-    from rlhflab.train import sample_rollout
-
     roles, device = setup.roles, setup.device
     prompts = [p for p in prompts for _ in range(cfg.eval.samples_per_prompt)]
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -193,8 +193,6 @@ def find_weights(run_dir: Path) -> Path:
 
 def eval_command(run_dir: Path) -> dict:
     """``rlhflab eval --run DIR``: reload the run's config and adapters, then evaluate again."""
-    from rlhflab.train import load_setup
-
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"--run: {run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")

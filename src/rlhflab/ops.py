@@ -104,8 +104,8 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
 class _TokenLogprobs(torch.autograd.Function):
     """:func:`logprobs_from_logits` with a frugal backward. Autograd's backward of gather − logsumexp holds four
     ``(B, T, V)`` temporaries at once (softmax, its product with the gradient, the scattered one-hot, their sum);
-    this one builds ``∂/∂logits = (onehot(y) − softmax(z)) · g / τ`` in place in one buffer (measured at the
-    Pythia-410m shape: −55 MiB at the peak of a policy micro-step of 2 rows, the same gradients)."""
+    this one builds ``∂/∂logits = (onehot(y) − softmax(z)) · g / τ`` in place in one buffer: the same gradients, a
+    lower peak (docs/benchmarks.md, "What was made faster")."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -140,8 +140,8 @@ class _TokenLogprobs(torch.autograd.Function):
 
 VOCAB_BLOCK = 4096
 """Vocabulary rows per block in :func:`logprobs_from_hidden`. Its largest temporary is one (N, 4096) block of
-logits; measured at the Pythia-410m head (V = 50304, H = 1024, N = 96 and 384 tokens), blocks of 2048–8192 rows all
-ran faster than one (N, V) product with its log-softmax."""
+logits; at the Pythia-410m head, blocks of 2048–8192 rows all ran faster than one (N, V) product with its
+log-softmax (docs/benchmarks.md)."""
 
 
 def logprobs_from_hidden(

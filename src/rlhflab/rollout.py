@@ -1,89 +1,25 @@
-"""Generation and the forward passes that score it: prompts → a typed :class:`Rollout` batch.
+"""Prompts → a typed :class:`~rlhflab.batch.Rollout`: tokenising, sampling, decoding, and the scoring passes.
 
 Shapes: B = rows (completions), P = prompt length (left-padded), T = response length (right-padded after EOS),
-V = vocabulary. Masks are bool, True = real token. Every forward pass gets explicit position ids
-``cumsum(mask) - 1`` so left padding never shifts a row's positions (DESIGN §3.2).
+V = vocabulary. Masks are bool, True = real token. The forward passes themselves are :mod:`rlhflab.models.forward`.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache
 
-try:
-    from torch.distributed.fsdp import FSDPModule
-except ImportError:  # pragma: no cover - a torch built without distributed: nothing is sharded
-    FSDPModule = ()
-
-try:
-    from transformers.cache_utils import DynamicLayer  # transformers 5: caches made of per-layer objects
-except ImportError:  # pragma: no cover - transformers 4.x
-    DynamicLayer = None
-
+from rlhflab.batch import Rollout
+from rlhflab.config import Config
+from rlhflab.fastpaths import kv_cache
+from rlhflab.hooks import NO_HOOKS, LoopHooks
+from rlhflab.models.forward import keep_positions, position_ids, response_logprobs
 from rlhflab.models.loading import causal_lm
-from rlhflab.ops import entropy_from_logits, logprobs_from_hidden, logprobs_from_logits
-
-
-@dataclass
-class Rollout:
-    """One batch of sampled completions and everything the update needs from the time they were sampled."""
-
-    prompt_ids: torch.Tensor  # (B, P) left-padded
-    prompt_mask: torch.Tensor  # (B, P) bool
-    response_ids: torch.Tensor  # (B, T) pad after the first EOS
-    response_mask: torch.Tensor  # (B, T) bool, up to and including the first EOS
-    logprobs: torch.Tensor | None = None  # (B, T) policy at sampling time ("old" logprobs)
-    ref_logprobs: torch.Tensor | None = None  # (B, T) reference model
-    values: torch.Tensor | None = None  # (B, T) token critic, or (B, 1) sequence critic
-    scores: torch.Tensor | None = None  # (B,) judge score
-    advantages: torch.Tensor | None = None  # (B, T) or (B, 1)
-    returns: torch.Tensor | None = None  # same shape as values
-    truncated: torch.Tensor | None = None  # (B,) bool, no EOS within max_new_tokens; set = masked out of the loss
-
-    @property
-    def input_ids(self) -> torch.Tensor:  # (B, P + T)
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:  # (B, P + T) bool
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
-
-    @property
-    def loss_mask(self) -> torch.Tensor:  # (B, T) bool: the response tokens the policy loss sees
-        return self.response_mask if self.truncated is None else self.response_mask & ~self.truncated[:, None]
-
-    def __len__(self) -> int:
-        return self.prompt_ids.shape[0]
-
-    def select(self, index: torch.Tensor | slice) -> Rollout:
-        """Rows ``index`` of every tensor field (for minibatches and micro-batches)."""
-        return replace(
-            self,
-            **{f.name: getattr(self, f.name)[index] for f in fields(self) if getattr(self, f.name) is not None},
-        )
-
-    def chunks(self, size: int) -> Iterator[Rollout]:
-        for start in range(0, len(self), size):
-            yield self.select(slice(start, start + size))
-
-
-def keep_positions(start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """``logits_to_keep`` for positions ``start .. stop - 1``, as a tensor rather than a count: the LM head then
-    multiplies a contiguous (B, n, H) copy. A count keeps a strided slice of the hidden states, which matmul runs
-    as a bmm over B copies of the head's weight: with bf16 on a CPU, seconds of copying per pass at the
-    Pythia-410m shape (2.3 s of a 3.5 s scoring pass of 8 rows; 5 s of the 16 rows' prefill)."""
-    return torch.arange(start, stop, device=device)
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool → (B, L) long: each row counts its own real tokens from 0; padding gets 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from rlhflab.ops import masked_sum
 
 
 def is_eos(token_ids: torch.Tensor, eos_ids: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -199,7 +135,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row of (B, V) probabilities by inverse CDF. Exact like ``torch.multinomial``, but it draws B
-    random numbers instead of B × V (at a 49k vocabulary 3 ms instead of 37 ms a step: docs/benchmarks.md)."""
+    random numbers instead of B × V (an order of magnitude faster at a 49k vocabulary: docs/benchmarks.md)."""
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=probs.dtype)  # (B, 1) in [0, 1)
     return invert_cdf(probs, u)
 
@@ -225,11 +161,13 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     stop_together: Callable[[bool], bool] | None = None,
+    reserved_cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations with a KV cache; stop early once every row has produced an EOS (any of ``eos_ids``).
 
     ``stop_together`` (``Dist.all`` for a model sharded with FSDP) turns "all my rows ended" into "all rows of
     every process ended": a sharded forward is a collective, so every process must run as many passes.
+    ``reserved_cache``: :func:`rlhflab.fastpaths.kv_cache`; False = transformers' own ``DynamicCache``.
 
     Returns ``(response_ids (B, T), sample_logprobs (B, T))`` with T <= max_new_tokens; positions after a row's
     EOS hold ``pad_id``. ``sample_logprobs`` are the logprobs of the sampled tokens under the sampling
@@ -238,7 +176,8 @@ def generate(
     batch = prompt_ids.shape[0]
     attention = prompt_mask.long()  # (B, P) grows by one column per step
     positions = position_ids(prompt_mask)
-    cache = {_cache_keyword(model): kv_cache(prompt_ids.shape[1] + max_new_tokens)}  # filled in place by every pass
+    capacity = prompt_ids.shape[1] + max_new_tokens
+    cache = {_cache_keyword(model): kv_cache(capacity) if reserved_cache else DynamicCache()}  # filled by every pass
     out = model(
         input_ids=prompt_ids,
         attention_mask=attention,
@@ -280,136 +219,89 @@ def generate(
     return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
-def kv_cache(capacity: int) -> DynamicCache:
-    """A KV cache whose layers reserve room for ``capacity`` positions at their first write. The default layer
-    concatenates each new position onto a fresh copy of everything cached so far: quadratic copying, and a heap
-    of ever-larger freed blocks that keeps the process's memory high. Plain ``DynamicCache`` on transformers
-    versions without per-layer cache classes."""
-    cache = DynamicCache()
-    if DynamicLayer is not None and hasattr(cache, "layer_class_to_replicate"):
-        cache.layer_class_to_replicate = functools.partial(_ReservedLayer, capacity)
-    return cache
-
-
-if DynamicLayer is not None:
-
-    class _ReservedLayer(DynamicLayer):
-        """One layer of :func:`kv_cache`: keys and values are views of the filled part of fixed buffers."""
-
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-            if not self.is_initialized:  # (B, heads, capacity, head_dim) buffers
-                self.lazy_initialization(key_states, value_states)
-                size = (*key_states.shape[:2], self.capacity)
-                self.key_buffer = key_states.new_empty(*size, key_states.shape[-1])
-                self.value_buffer = value_states.new_empty(*size, value_states.shape[-1])
-            start = self.get_seq_length()
-            end = start + key_states.shape[-2]
-            assert end <= self.capacity, f"KV cache reserved {self.capacity} positions, got {end}"
-            self.key_buffer[:, :, start:end] = key_states
-            self.value_buffer[:, :, start:end] = value_states
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-            return self.keys, self.values
-
-
 def _cache_keyword(model: torch.nn.Module) -> str:
     """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
     base = causal_lm(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer under a causal LM's head (GPTNeoXModel etc.), through a PeftModel's wrappers: its forward
-    returns hidden states, no logits."""
-    return causal_lm(model).base_model
+# ----------------------------------------------------------------------------------------------------------------
+# a step's rollout
 
 
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-"""Config fields through which some architectures (Gemma 2/3, Cohere, Granite, ...) transform head(hidden); any
-value but None or 1 rules out the hidden-state path even where the probe cannot tell (e.g. caps at small logits)."""
-_HEAD_IS_LAST_STEP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # causal LM → bool, probed once
+def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int, device: torch.device):
+    """Left-padded (B, P) ids and bool mask of plain prompts (a BOS when the tokenizer adds one); long prompts keep
+    their last ``max_tokens`` tokens. A run's prompts go through its :class:`PromptCodec` (``Setup.codec``)."""
+    return PromptCodec.for_tokenizer(tokenizer).encode(prompts, max_tokens, device)
 
 
-def plain_lm_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The LM head when the model's logits are exactly ``head(backbone(...).last_hidden_state)``, else None.
-
-    Then :func:`response_logprobs` takes log-probs from the hidden states (:func:`rlhflab.ops.logprobs_from_hidden`)
-    and no (B, T, V) logits exist. None, and the usual logits path, for: a head that is not a frozen
-    ``nn.Linear`` (an adapter or training on the head), a config that caps or scales logits, a model sharded with
-    FSDP (its root gathers the head only inside its own forward), or logits that differ from ``head(hidden)`` on
-    a 4-token probe (checked once per model, bit for bit).
-    """
-    if isinstance(model, FSDPModule):
-        return None
-    base = causal_lm(model)
-    head = base.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or any(p.requires_grad for p in head.parameters()):
-        return None
-    if any(getattr(base.config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
-        return None
-    if base not in _HEAD_IS_LAST_STEP:
-        ids = torch.arange(1, 5, device=head.weight.device)[None] % head.weight.shape[0]  # (1, 4)
-        training = base.training
-        base.eval()  # no dropout noise between the two passes
-        with torch.no_grad():
-            logits = base(input_ids=ids, use_cache=False).logits
-            _HEAD_IS_LAST_STEP[base] = torch.equal(logits, head(backbone(base)(input_ids=ids).last_hidden_state))
-        base.train(training)
-    return head if _HEAD_IS_LAST_STEP[base] else None
-
-
-def response_hidden(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
-    """(B, T, H) last hidden states at the positions that predict each response token (P - 1 + t predicts t)."""
-    mask = rollout.attention_mask
-    prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
-    hidden = backbone(model)(
-        input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
-    ).last_hidden_state  # (B, P + T, H)
-    return hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]
-
-
-def forward_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
-    """(B, T, V) logits that predict each response token (only the T positions needed are projected)."""
-    mask = rollout.attention_mask
-    length, response_len = mask.shape[1], rollout.response_ids.shape[1]
-    out = model(
-        input_ids=rollout.input_ids,
-        attention_mask=mask.long(),
-        position_ids=position_ids(mask),
-        logits_to_keep=keep_positions(length - response_len - 1, length - 1, mask.device),  # P-1+t predicts t
-        use_cache=False,  # no KV cache to build (and to write twice under activation checkpointing)
+def sample_rollout(
+    model,
+    codec: PromptCodec,
+    prompts: list[str],
+    cfg: Config,
+    generator: torch.Generator,
+    device: torch.device,
+    stop_together=None,
+) -> tuple[Rollout, list[str]]:
+    """Generate completions of ``prompts`` with ``model``; returns the rollout (ids, masks) and the texts.
+    ``codec``: the run's :class:`PromptCodec` (a bare tokenizer gets the plain one: no chat template, its own EOS).
+    ``stop_together``: ``Roles.stop_together`` (the joint early stop of a sharded model)."""
+    codec = codec if isinstance(codec, PromptCodec) else PromptCodec.for_tokenizer(codec)
+    prompt_ids, prompt_mask = codec.encode(prompts, cfg.data.max_prompt_tokens, device)
+    r = cfg.rollout
+    response_ids, _ = generate(
+        model,
+        prompt_ids,
+        prompt_mask,
+        r.max_new_tokens,
+        codec.eos_ids,
+        codec.pad_id,
+        generator,
+        r.temperature,
+        r.top_k,
+        r.top_p,
+        stop_together,
+        cfg.fast_paths.reserved_kv_cache,
     )
-    return out.logits
+    mask = response_mask(response_ids, codec.eos_ids)  # (B, T)
+    return Rollout(prompt_ids, prompt_mask, response_ids, mask), codec.decode(response_ids, mask)
 
 
-def response_logprobs(
-    model: torch.nn.Module,
+@torch.no_grad()
+def score_rollout(
+    setup,
     rollout: Rollout,
-    temperature: float,
-    with_entropy: bool = False,
-    rows_at_once: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprobs (B, T) of the response tokens under ``model`` at the sampling temperature (+ entropy (B, T)).
-
-    With a plain LM head (:func:`plain_lm_head`, e.g. every GPT-NeoX, GPT-2 or Llama) the logits are never
-    materialised: hidden states go through :func:`rlhflab.ops.logprobs_from_hidden`, vocabulary block by block.
-    Otherwise the whole batch's logits come from one pass and ``rows_at_once`` bounds the (rows, T, V) temporaries
-    of the log-softmax and entropy (same numbers, row by row).
-    The entropy is a metric: computed without gradients, it keeps nothing for a backward."""
-    head = plain_lm_head(model)
-    if head is not None:
-        hidden = response_hidden(model, rollout)
-        return logprobs_from_hidden(hidden, head.weight, head.bias, rollout.response_ids, temperature, with_entropy)
-    logits = forward_logits(model, rollout)  # (B, T, V)
-    rows = rows_at_once or len(rollout)
-    logprobs, entropy = [], []
-    for start in range(0, len(rollout), rows):
-        part = logits[start : start + rows]  # (b, T, V)
-        logprobs.append(logprobs_from_logits(part, rollout.response_ids[start : start + rows], temperature))
-        if with_entropy:
-            with torch.no_grad():
-                entropy.append(entropy_from_logits(part, temperature))
-    return torch.cat(logprobs), torch.cat(entropy) if with_entropy else None
+    cfg: Config,
+    with_values: bool = True,
+    with_logprobs: bool = True,
+    hooks: LoopHooks = NO_HOOKS,
+) -> tuple[Rollout, float | None]:
+    """Old logprobs, reference logprobs and values of a :class:`rlhflab.session.Setup`'s roles,
+    ``train.scoring_batch_size`` rows per pass (with a plain LM head no logits exist; otherwise they are reduced
+    ``train.micro_batch_size`` rows at a time); also the policy's mean token entropy. Without ``with_logprobs`` (see
+    :attr:`rlhflab.algorithms.base.Algorithm.measures_old_logprobs`) the old logprobs and the entropy stay None.
+    ``hooks`` see the ``logprobs``, ``ref_logprobs`` and ``values`` phases."""
+    roles, temperature, head_rows = setup.roles, cfg.rollout.temperature, cfg.train.micro_batch_size
+    # whole micro-batches per pass, reduced micro-batch by micro-batch: every reduction sees the shapes the update's
+    # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0)
+    chunks = list(rollout.chunks(max(1, cfg.train.scoring_batch_size // head_rows) * head_rows))
+    # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
+    with hooks.phase("logprobs"):
+        logprobs, entropy_sum, actor = [], 0.0, roles.actor()
+        for chunk in chunks if with_logprobs else []:
+            lp, ent = response_logprobs(actor, chunk, temperature, with_entropy=True, rows_at_once=head_rows)
+            logprobs.append(lp)
+            entropy_sum += masked_sum(ent, chunk.response_mask).item()
+        with hooks.phase("ref_logprobs"), roles.reference_model() as reference:
+            ref_logprobs = [response_logprobs(reference, c, temperature, rows_at_once=head_rows)[0] for c in chunks]
+        values = None
+        if with_values:
+            with hooks.phase("values"):
+                values = torch.cat([roles.values(chunk, cfg.critic.granularity) for chunk in chunks])
+    return replace(
+        rollout,
+        logprobs=torch.cat(logprobs) if with_logprobs else None,
+        ref_logprobs=torch.cat(ref_logprobs),
+        values=values,
+    ), entropy_sum / rollout.response_mask.sum().item() if with_logprobs else None

@@ -31,9 +31,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 from rlhflab.config import LoraSettings, apply_override, from_dict
 from rlhflab.errors import UserError
+from rlhflab.models.forward import position_ids
 from rlhflab.models.loading import load_causal_lm, load_tokenizer, resolve_device
 from rlhflab.outdir import check_output_dir
-from rlhflab.rollout import position_ids
 
 IGNORE_INDEX = -100
 
@@ -192,8 +192,8 @@ def apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT ``PeftModel`` whose only trainable weights are the LoRA adapter's."""
     from peft import get_peft_model
 
-    from rlhflab.models.loading import lora_targets
-    from rlhflab.models.roles import add_lora_in_place, lora_config
+    from rlhflab.fastpaths import add_lora_in_place
+    from rlhflab.models.loading import lora_config, lora_targets
 
     targets = lora_targets(model, lora.target_modules, "lora.target_modules")
     model = get_peft_model(model, lora_config(lora.r, lora.alpha, lora.dropout, targets, lora.bias))

@@ -83,11 +83,12 @@ def test_bench_counts_the_lm_head_whichever_path_computes_the_logprobs(tiny_mode
     as the Linear hooks count the logits path's (forward, and the backward's product for the hidden states)."""
     import torch
 
-    from rlhflab import rollout
-    from rlhflab.bench import Meter
+    from rlhflab.bench_worker import Meter
     from rlhflab.config import build_config
+    from rlhflab.models import forward
     from rlhflab.ops import logprobs_from_logits
-    from rlhflab.train import load_setup, sample_rollout
+    from rlhflab.rollout import sample_rollout
+    from rlhflab.session import load_setup
 
     cfg = build_config(
         overrides=[
@@ -103,11 +104,11 @@ def test_bench_counts_the_lm_head_whichever_path_computes_the_logprobs(tiny_mode
     batch, _ = sample_rollout(actor, setup.tokenizer, ["the movie was", "honestly"], cfg, torch.Generator(), "cpu")
     meter = Meter(torch.device("cpu"))
     meter.instrument(actor)
-    monkeypatch.setattr(rollout, "logprobs_from_hidden", meter.counting_head(rollout.logprobs_from_hidden))
+    remove_hook = forward.register_head_hook(meter.count_head)
     counted = []
     for logprobs_of in (
-        lambda: rollout.response_logprobs(actor, batch, 1.0)[0],
-        lambda: logprobs_from_logits(rollout.forward_logits(actor, batch), batch.response_ids),
+        lambda: forward.response_logprobs(actor, batch, 1.0)[0],
+        lambda: logprobs_from_logits(forward.forward_logits(actor, batch), batch.response_ids),
     ):
         meter.new_step()
         with meter.phase("update"):
@@ -115,6 +116,7 @@ def test_bench_counts_the_lm_head_whichever_path_computes_the_logprobs(tiny_mode
             with torch.no_grad():
                 logprobs_of()
         counted.append(meter.current["flops"]["update"])
+    remove_hook()
     head = actor.get_output_embeddings().weight
     assert counted[0] == counted[1] > 3 * 2.0 * batch.response_ids.numel() * head.numel()
 

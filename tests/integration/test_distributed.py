@@ -20,11 +20,11 @@ from conftest import train_argv
 from safetensors.torch import load_file
 
 from rlhflab import distributed
+from rlhflab.batch import Rollout
 from rlhflab.config import build_config
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.errors import UserError
 from rlhflab.ops import masked_var, masked_whiten
-from rlhflab.rollout import Rollout
 
 WORLD = 2
 TESTS = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def case_config(model_dir, prompts_file, overrides):
 def load_perturbed(cfg):
     """The setup every process builds: same seed, then LoRA and value head moved off their (partly zero)
     initialisation so that every trainable parameter gets a gradient and the PPO ratio is not 1."""
-    from rlhflab.train import load_setup, seed_everything
+    from rlhflab.session import load_setup, seed_everything
 
     seed_everything(cfg.seed)
     setup = load_setup(cfg)
@@ -95,9 +95,10 @@ def own_rollout(rollout: Rollout) -> Rollout:
 
 def gradient_step(setup, rollout, cfg, dist: Dist):
     """Advantages, then one minibatch's accumulated and all-reduced gradient, as ``update`` computes them."""
-    from rlhflab.train import ADVANTAGES, accumulate_gradients
+    from rlhflab.algorithms.registry import algorithm_for
+    from rlhflab.update import accumulate_gradients
 
-    rollout, _ = ADVANTAGES[cfg.algorithm.name](rollout, cfg, 0.05, dist=dist)
+    rollout, _ = algorithm_for(cfg).advantages(rollout, cfg, 0.05, dist=dist)
     params = setup.roles.trainable_parameters()
     for p in params:
         p.grad = None
@@ -173,7 +174,7 @@ def fixed_rollout(setup, cfg, path: Path) -> Rollout:
     """8 scored rows, saved to ``path`` for the processes: sampled from the adapters halved (so old logprobs differ
     from the weights being trained: the ratio is not 1), unequal lengths with the second half all shorter (its
     process's own rollout is narrower), random scores. Leaves ``setup``'s adapters halved."""
-    from rlhflab.train import sample_rollout, score_rollout
+    from rlhflab.rollout import sample_rollout, score_rollout
 
     k = cfg.rollout.samples_per_prompt
     prompts = [p for p in setup.train_prompts[: 8 // k] for _ in range(k)]

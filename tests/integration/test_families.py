@@ -11,12 +11,15 @@ import torch
 from conftest import train_argv
 from families import FAMILIES, build_family_dir
 
+from rlhflab.batch import Rollout
 from rlhflab.cli import main
 from rlhflab.config import build_config
 from rlhflab.errors import UserError
+from rlhflab.fastpaths import plain_lm_head
+from rlhflab.models.forward import response_logprobs
 from rlhflab.models.loading import load_causal_lm, lora_targets
-from rlhflab.rollout import Rollout, generate, plain_lm_head, response_logprobs, response_mask
-from rlhflab.train import load_setup
+from rlhflab.rollout import generate, response_mask
+from rlhflab.session import load_setup
 
 PROMPTS = ["the movie was", "i really hated this film because the plot", "honestly", "this is the worst"]
 

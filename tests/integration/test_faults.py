@@ -2,11 +2,12 @@
 
 import json
 import math
+from dataclasses import replace
 
 import torch
 from conftest import train_argv
 
-import rlhflab.train as train_module
+from rlhflab.algorithms.registry import ALGORITHMS
 from rlhflab.cli import main
 
 
@@ -27,7 +28,7 @@ def args_for(model_dir, prompts_file, out, *extra):
 
 def poison(monkeypatch, bad_calls):
     """Make the chosen micro-steps' loss non-finite (NaN loss and NaN gradients), as a real blow-up would."""
-    original = train_module.MICRO_STEP["ppo"]
+    original = ALGORITHMS["ppo"].micro_step
     calls = {"n": 0}
 
     def micro_step(roles, micro, cfg, *args):
@@ -37,10 +38,10 @@ def poison(monkeypatch, bad_calls):
             for p in roles.trainable_parameters():
                 if p.grad is not None:
                     p.grad.fill_(float("nan"))
-            stats["loss/policy"] = torch.tensor(float("nan"))
+            stats = replace(stats, policy_loss=torch.tensor(float("nan")))
         return stats
 
-    monkeypatch.setitem(train_module.MICRO_STEP, "ppo", micro_step)
+    monkeypatch.setitem(ALGORITHMS, "ppo", replace(ALGORITHMS["ppo"], micro_step=micro_step))
 
 
 def test_a_non_finite_update_is_skipped_and_logged(tiny_model_dir, prompts_file, tmp_path, monkeypatch):

@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 from test_distributed import case_config, fixed_rollout, metrics, own_rollout, pad_cat, run_two_processes, torchrun
 
 from rlhflab import distributed
+from rlhflab.batch import Rollout
 from rlhflab.config import build_config
 from rlhflab.distributed import SINGLE, Dist
 from rlhflab.errors import UserError
-from rlhflab.rollout import Rollout, generate
+from rlhflab.rollout import generate
 
 WORLD = 2
 FSDP = "distributed.fsdp=true"
@@ -35,7 +36,7 @@ GEN_TOKENS = 8
 
 def load(cfg, dist: Dist = SINGLE):
     """The setup of test_distributed.load_perturbed, built under ``dist`` (so sharded when the config says FSDP)."""
-    from rlhflab.train import load_setup, seed_everything
+    from rlhflab.session import load_setup, seed_everything
 
     seed_everything(cfg.seed)
     setup = load_setup(cfg, dist=dist)
@@ -54,8 +55,10 @@ def scale_adapters(setup, factor: float) -> None:
 
 def score_and_update(setup, rollout: Rollout, cfg, dist: Dist):
     """The scoring passes (at the halved weights the rollout was sampled with), then advantages and one
-    optimiser update (gradient accumulation over micro-batches, all-reduce, clip, AdamW) as ``train.update``."""
-    from rlhflab.train import ADVANTAGES, score_rollout, update
+    optimiser update (gradient accumulation over micro-batches, all-reduce, clip, AdamW) as ``update.update``."""
+    from rlhflab.algorithms.registry import algorithm_for
+    from rlhflab.rollout import score_rollout
+    from rlhflab.update import update
 
     scale_adapters(setup, 0.5)
     bare = replace(rollout, logprobs=None, ref_logprobs=None, values=None)
@@ -63,7 +66,7 @@ def score_and_update(setup, rollout: Rollout, cfg, dist: Dist):
     scale_adapters(setup, 2.0)  # powers of two: exactly the perturbed weights again
     passes = [scored.logprobs, scored.ref_logprobs, scored.values]
 
-    rollout, _ = ADVANTAGES[cfg.algorithm.name](rollout, cfg, 0.05, dist=dist)
+    rollout, _ = algorithm_for(cfg).advantages(rollout, cfg, 0.05, dist=dist)
     params = setup.roles.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -75,7 +78,7 @@ def score_and_update(setup, rollout: Rollout, cfg, dist: Dist):
 
 def greedy(setup, prompt: str, eos_id: int, stop_together=None) -> torch.Tensor:
     """(1, ≤ GEN_TOKENS) tokens sampled at temperature 1e-3 (greedy), stopping at ``eos_id``."""
-    from rlhflab.train import tokenize_prompts
+    from rlhflab.rollout import tokenize_prompts
 
     ids, mask = tokenize_prompts(setup.tokenizer, [prompt], 16, setup.device)
     g = torch.Generator().manual_seed(0)

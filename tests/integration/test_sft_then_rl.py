@@ -12,8 +12,8 @@ from rlhflab.cli import main
 from rlhflab.config import build_config
 from rlhflab.errors import UserError
 from rlhflab.models.loading import load_causal_lm
+from rlhflab.session import load_setup
 from rlhflab.sft import build_recipe
-from rlhflab.train import load_setup
 
 
 def test_sft_preset_is_the_reference_recipe():

@@ -126,7 +126,9 @@ def test_base_weights_unchanged_in_memory(tiny_model_dir, prompts_file):
 
     from rlhflab.algorithms.ppo import ppo_advantages
     from rlhflab.config import build_config
-    from rlhflab.train import load_setup, sample_rollout, score_rollout, update
+    from rlhflab.rollout import sample_rollout, score_rollout
+    from rlhflab.session import load_setup
+    from rlhflab.update import update
 
     cfg = build_config(
         overrides=[
@@ -185,7 +187,7 @@ def test_refuses_to_overwrite_a_run(tiny_model_dir, prompts_file, tmp_path, caps
 @pytest.mark.parametrize("algo", ["rloo", "grpo"])
 def test_rloo_and_grpo_run_without_a_critic(tiny_model_dir, prompts_file, tmp_path, algo):
     from rlhflab.config import build_config
-    from rlhflab.train import load_setup
+    from rlhflab.session import load_setup
 
     out = tmp_path / algo
     extra = ("--set", f"algorithm.name={algo}", "--set", "rollout.samples_per_prompt=4")
@@ -225,15 +227,20 @@ def test_group_algorithms_need_several_samples_per_prompt():
 def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prompts_file, tmp_path, monkeypatch):
     """GRPO takes its old logprobs from the update's first epoch instead of a scoring pass: the run (every metric,
     the final adapter) equals one with the scoring pass bit for bit, and it makes fewer policy forward passes."""
-    import rlhflab.rollout
-    import rlhflab.train
+    from dataclasses import replace
+
+    import rlhflab.models.forward
+    from rlhflab.algorithms.registry import ALGORITHMS
 
     calls = []  # scoring and update passes (a plain LM head: log-probs come from the hidden states)
-    response_hidden = rlhflab.rollout.response_hidden
-    monkeypatch.setattr(rlhflab.rollout, "response_hidden", lambda *a: calls.append(1) or response_hidden(*a))
+    response_hidden = rlhflab.models.forward.response_hidden
+    monkeypatch.setattr(rlhflab.models.forward, "response_hidden", lambda *a: calls.append(1) or response_hidden(*a))
+    grpo = ALGORITHMS["grpo"]
 
     def run(name, **patch):
-        monkeypatch.setattr(rlhflab.train, "old_logprobs_from_update", lambda cfg: patch.get("defer", True))
+        monkeypatch.setitem(
+            ALGORITHMS, "grpo", replace(grpo, measures_old_logprobs=lambda cfg: patch.get("defer", True))
+        )
         calls.clear()
         sets = ["algorithm.name=grpo", "rollout.samples_per_prompt=4", "algorithm.ppo_epochs=2", "train.lr=5e-3"]
         argv = train_argv(tiny_model_dir, prompts_file, tmp_path / name, *[x for s in sets for x in ("--set", s)])

@@ -54,3 +54,28 @@ def test_smollm2_from_pypi_converts_exactly(tmp_path):
     nll = torch.nn.functional.cross_entropy(logits[0, :-1], batch.input_ids[0, 1:])
     assert nll < 5.0
     print(f"\nSmolLM2 from PyPI: made in {made_s:.0f} s, loads in {load_s:.1f} s, sentence NLL {nll:.2f} nats/token")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ppo", "rloo", "grpo"])
+def test_smollm2_preset_trains_two_steps(tmp_path, algo):
+    """The real model through `rlhflab train --preset smollm2-<algo>` for 2 steps (the model cached in
+    $RLHFLAB_HOME, or fetched): KL to the starting model is exactly 0 at step 1, every logged number is finite,
+    the adapter is saved in PEFT format and the before/after evaluation ran (2 prompts × 2 samples)."""
+    import json
+    import math
+
+    from rlhflab.config import build_config
+    from rlhflab.train import train
+
+    overrides = [f"output_dir={tmp_path / 'run'}", "train.steps=2", "eval.max_prompts=2", "eval.samples_per_prompt=2"]
+    started = time.perf_counter()
+    run_dir = train(build_config(preset=f"smollm2-{algo}", overrides=overrides))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["objective/kl"] == 0.0
+    assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file()
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert summary["after"]["num_samples"] == 4
+    print(f"\nsmollm2-{algo}: 2 steps + eval in {time.perf_counter() - started:.0f} s")

@@ -57,7 +57,7 @@ def fake_imdb(monkeypatch):
 @pytest.mark.parametrize("algo", ["ppo", "rloo", "grpo"])
 def test_imdb_presets_evaluate_at_least_64_held_out_completions(monkeypatch, algo):
     """Before: 4 prompts × 1 sample. Now the 4 published openings + IMDB test-split openings, none a training prompt."""
-    from rlhflab.train import held_out_prompts
+    from rlhflab.session import held_out_prompts
 
     fake_imdb(monkeypatch)
     cfg = build_config(preset=f"imdb-pythia-410m-{algo}")
@@ -70,7 +70,7 @@ def test_imdb_presets_evaluate_at_least_64_held_out_completions(monkeypatch, alg
 def test_a_prompt_listed_in_eval_prompts_and_the_eval_file_is_evaluated_once(tmp_path):
     """The smollm2 presets list the published openings, which the demo's held-out file holds too."""
     from rlhflab.data.corpus import EVAL_OPENINGS
-    from rlhflab.train import held_out_prompts
+    from rlhflab.session import held_out_prompts
 
     eval_file = tmp_path / "eval.txt"
     eval_file.write_text("\n".join(EVAL_OPENINGS) + "\n")

@@ -3,9 +3,13 @@
 import pytest
 import torch
 
-from rlhflab.algorithms.group import group_advantages
+from rlhflab.algorithms.registry import algorithm_for
+from rlhflab.batch import Rollout
 from rlhflab.config import build_config
-from rlhflab.rollout import Rollout
+
+
+def group_advantages(rollout, cfg, kl_coef):
+    return algorithm_for(cfg).advantages(rollout, cfg, kl_coef)
 
 
 def rollout_with(scores, logprobs, ref_logprobs, mask):
@@ -72,14 +76,13 @@ def test_grpo_without_scale_only_centres():
     ],
 )
 def test_old_logprobs_from_the_first_epoch_only_where_they_are_the_same_numbers(preset, overrides, expected):
-    from rlhflab.train import old_logprobs_from_update
-
-    assert old_logprobs_from_update(build_config(preset=preset, overrides=overrides)) is expected
+    cfg = build_config(preset=preset, overrides=overrides)
+    assert algorithm_for(cfg).measures_old_logprobs(cfg) is expected
 
 
 def test_update_refuses_to_measure_old_logprobs_over_several_minibatches():
     """Past the first minibatch the parameters have moved: its logprobs are no longer the sampling policy's."""
-    from rlhflab.train import update
+    from rlhflab.update import update
 
     cfg = build_config(preset="demo-grpo")  # 2 minibatches per epoch
     rollout = rollout_with([1.0, 0.0], None, None, torch.ones(2, 3, dtype=torch.bool))

@@ -1,4 +1,4 @@
-"""LoRA's in-place update (models.roles.add_lora_in_place): the same numbers as peft's forward, fewer tensors."""
+"""LoRA's in-place update (fastpaths.add_lora_in_place): the same numbers as peft's forward, fewer tensors."""
 
 import copy
 
@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rlhflab.models.roles import add_lora_in_place
+from rlhflab.fastpaths import add_lora_in_place
 
 
 class Block(torch.nn.Module):

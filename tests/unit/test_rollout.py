@@ -9,20 +9,15 @@ from torch.utils.checkpoint import CheckpointPolicy
 
 from rlhflab.algorithms.losses import ppo_policy_loss
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step
+from rlhflab.batch import Rollout
 from rlhflab.config import build_config
 from rlhflab.errors import UserError
+from rlhflab.fastpaths import plain_lm_head
+from rlhflab.models.forward import forward_logits, position_ids, response_logprobs
 from rlhflab.models.loading import keep_products, load_causal_lm, load_tokenizer
 from rlhflab.ops import entropy_from_logits, logprobs_from_logits
-from rlhflab.rollout import (
-    Rollout,
-    forward_logits,
-    generate,
-    plain_lm_head,
-    position_ids,
-    response_logprobs,
-    response_mask,
-)
-from rlhflab.train import load_setup, sample_rollout, score_rollout, tokenize_prompts
+from rlhflab.rollout import generate, response_mask, sample_rollout, score_rollout, tokenize_prompts
+from rlhflab.session import load_setup
 
 PROMPTS = ["the movie was", "i really hated this film because the plot", "honestly", "this is the worst"]
 
@@ -153,6 +148,26 @@ def test_logprobs_from_hidden_states_equal_the_logits_path(tiny_model_dir, promp
     assert (ref_fused - fused).abs().max() > 1e-3  # the adapter was really off for the reference
 
 
+def test_the_hidden_state_logprobs_opt_out_takes_the_logits_path_with_the_same_numbers(tiny_model_dir, prompts_file):
+    """fast_paths.hidden_logprobs=false: no role's log-probs skip the head, and they equal the fast path's."""
+    _, rollout = _rollout(tiny_model_dir, PROMPTS, response_len=6)
+    results = []
+    for fast in ("true", "false"):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        roles = load_setup(make_cfg(tiny_model_dir, prompts_file, f"fast_paths.hidden_logprobs={fast}")).roles
+        actor = roles.actor()
+        with roles.reference_model() as reference:
+            assert (plain_lm_head(actor) is None) is (plain_lm_head(reference) is None) is (fast == "false")
+        head_calls = []
+        actor.get_output_embeddings().register_forward_hook(lambda *_, calls=head_calls: calls.append(1))
+        with torch.no_grad():
+            results.append(response_logprobs(actor, rollout, 0.8, with_entropy=True))
+        assert bool(head_calls) is (fast == "false")
+    (fused, fused_entropy), (plain, plain_entropy) = results
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused_entropy, plain_entropy, atol=1e-5, rtol=0)
+
+
 def test_plain_lm_head_only_where_logits_are_the_head_of_the_hidden_states(tiny_model_dir):
     """Heads that are trained, configs that cap or scale logits, and a forward that changes the logits after the
     head all keep the logits path (the numbers would differ otherwise)."""
@@ -201,7 +216,7 @@ def test_tokens_after_eos_change_no_reward_advantage_loss_or_metric(tiny_model_d
     from rlhflab.algorithms.advantages import token_rewards
     from rlhflab.algorithms.ppo import value_mask
     from rlhflab.ops import kl_penalty, masked_sum
-    from rlhflab.train import update
+    from rlhflab.update import update
 
     cfg = make_cfg(tiny_model_dir, prompts_file, f"critic.granularity={granularity}", "train.micro_batch_size=2")
     setup = load_setup(cfg)
@@ -308,9 +323,9 @@ class KeepGradients(torch.optim.SGD):
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean", "seq_sum_constant"])
 def test_micro_batch_accumulation_equals_one_big_batch(tiny_model_dir, prompts_file, granularity, loss_agg):
-    """Through ``train.update`` (the normalisers it passes, its accumulation and clipping): 4 micro-batches of 2
+    """Through ``update.update`` (the normalisers it passes, its accumulation and clipping): 4 micro-batches of 2
     rows give the gradient and the loss stats of one micro-batch of 8, within 1e-6."""
-    from rlhflab.train import update
+    from rlhflab.update import update
 
     extra = [f"critic.granularity={granularity}", f"algorithm.loss_agg={loss_agg}", "algorithm.ppo_epochs=1"]
     cfg = make_cfg(tiny_model_dir, prompts_file, *extra, "algorithm.num_minibatches=1", "train.max_grad_norm=1e9")
@@ -468,20 +483,20 @@ def test_roles_add_lora_in_place_with_the_same_gradients_except_under_selective_
     no and with full checkpointing. ``selective`` keeps the base products' outputs (lowered here so the tiny model's
     are kept too), which an in-place add would overwrite, so it keeps peft's forward."""
     import rlhflab.models.loading as loading
-    import rlhflab.models.roles as roles_module
 
     monkeypatch.setattr(loading, "MIN_KEPT_INNER_DIM", 8)
     for mode in ("none", "full", "selective"):
         grads, installed = [], []
         for in_place in (False, True):
             cfg = make_cfg(
-                tiny_model_dir, prompts_file, f"model.roles={layout}", f"train.activation_checkpointing={mode}"
+                tiny_model_dir,
+                prompts_file,
+                f"model.roles={layout}",
+                f"train.activation_checkpointing={mode}",
+                f"fast_paths.lora_in_place={str(in_place).lower()}",
             )
             torch.manual_seed(0)  # the same LoRA initialisation every time
-            with monkeypatch.context() as patch:
-                if not in_place:
-                    patch.setattr(roles_module, "add_lora_in_place", lambda model: None)
-                setup = load_setup(cfg)
+            setup = load_setup(cfg)
             layers = [m for r in setup.roles.models() for m in r.modules() if type(m) is LoraLinear]
             installed.append(sum("forward" in vars(m) for m in layers) / len(layers))
             rollout, params = _rollout_and_moved_weights(setup, cfg)
@@ -510,23 +525,23 @@ def test_selective_checkpointing_keeps_products_and_attention_and_recomputes_the
         assert keep_products(None, op) == recompute
 
 
-def test_reserved_kv_cache_samples_what_the_default_cache_samples(tiny_model_dir, prompts_file, monkeypatch):
-    """rollout.kv_cache reserves each layer's room up front; tokens and logprobs stay exactly the same."""
-    import rlhflab.rollout as rollout_module
+def test_reserved_kv_cache_samples_what_the_default_cache_samples(tiny_model_dir, prompts_file):
+    """fastpaths.kv_cache reserves each layer's room up front; tokens and logprobs stay exactly the same."""
+    from rlhflab import fastpaths
 
     cfg = make_cfg(tiny_model_dir, prompts_file, "rollout.max_new_tokens=12")
     setup = load_setup(cfg)
-    runs, reserved = [], rollout_module.kv_cache
-    for cache in (reserved, lambda capacity: rollout_module.DynamicCache()):
-        monkeypatch.setattr(rollout_module, "kv_cache", cache)
+    runs, reserved = [], fastpaths.kv_cache
+    for reserved_cache in (True, False):  # fast_paths.reserved_kv_cache: false = transformers' DynamicCache
         ids, mask = tokenize_prompts(setup.tokenizer, PROMPTS * 2, 32, setup.device)
         g = torch.Generator().manual_seed(3)
-        runs.append(generate(setup.roles.actor(), ids, mask, 12, setup.tokenizer.eos_token_id, 1, g))
+        eos = setup.tokenizer.eos_token_id
+        runs.append(generate(setup.roles.actor(), ids, mask, 12, eos, 1, g, reserved_cache=reserved_cache))
     (tokens, logprobs), (plain_tokens, plain_logprobs) = runs
     assert tokens.shape[1] > 1
     assert torch.equal(tokens, plain_tokens) and torch.equal(logprobs, plain_logprobs)
     cache = reserved(5)
-    if rollout_module.DynamicLayer is not None:  # transformers 5
+    if fastpaths.DynamicLayer is not None:  # transformers 5
         keys = torch.randn(2, 3, 4, 8)
         cache.update(keys, -keys, 0)
         k, v = cache.update(keys[:, :, :1], keys[:, :, :1], 0)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from rlhflab.config import LoraSettings
 from rlhflab.data.corpus import generate_reviews
+from rlhflab.models.forward import position_ids
 from rlhflab.models.tiny import build_tiny_model, tiny_config, train_tokenizer
-from rlhflab.rollout import position_ids
 from rlhflab.sft import (
     SFTConfig,
     collate,

@@ -1,4 +1,4 @@
-"""train.update on a toy policy whose logprobs are one trainable (B, T) tensor: the loss it builds, its β, its
+"""update.update on a toy policy whose logprobs are one trainable (B, T) tensor: the loss it builds, its β, its
 aggregation constant, the learning rate it applies and logs, early stopping and masked truncated rows."""
 
 from types import SimpleNamespace
@@ -8,10 +8,10 @@ import torch
 
 from rlhflab.algorithms import group
 from rlhflab.algorithms.losses import aggregate
+from rlhflab.batch import Rollout
 from rlhflab.config import build_config
 from rlhflab.ops import kl_penalty
-from rlhflab.rollout import Rollout
-from rlhflab.train import update
+from rlhflab.update import update
 
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)  # (4, 3)
 ADVANTAGES = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])  # (4, 1)

@@ -1,5 +1,6 @@
-"""PPO glue: per-token rewards → advantages, and the loss of one micro-batch. The math lives in
-:mod:`rlhflab.algorithms.advantages`, :mod:`rlhflab.algorithms.losses` and :mod:`rlhflab.ops`.
+"""PPO: per-token rewards → GAE advantages with a learned critic, and the clipped policy + value loss of one
+micro-batch. The math lives in :mod:`rlhflab.algorithms.advantages`, :mod:`rlhflab.algorithms.losses` and
+:mod:`rlhflab.ops`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from dataclasses import replace
 import torch
 
 from rlhflab.algorithms.advantages import gae, sequence_advantages, token_rewards
+from rlhflab.algorithms.base import Algorithm, MicroStats
 from rlhflab.algorithms.losses import explained_variance, ppo_policy_loss, value_loss
+from rlhflab.batch import Rollout
 from rlhflab.config import Config
 from rlhflab.distributed import SINGLE, Dist
+from rlhflab.models.forward import response_logprobs
 from rlhflab.models.roles import Roles
 from rlhflab.ops import masked_mean, masked_whiten
-from rlhflab.rollout import Rollout, response_logprobs
 
 
 def value_mask(rollout: Rollout, granularity: str) -> torch.Tensor:
@@ -51,7 +54,7 @@ def ppo_advantages(
 
 def ppo_micro_step(
     roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, kl_coef: float
-) -> dict[str, torch.Tensor]:
+) -> MicroStats:
     """Policy loss and value loss of one micro-batch, each backpropagated right away (normalised by the whole
     minibatch's token / sequence counts, so accumulation equals one big batch; under data parallelism, the
     global minibatch's counts). ``kl_coef`` is unused: PPO's β is already in the rewards behind the advantages.
@@ -89,11 +92,14 @@ def ppo_micro_step(
         max_len=max_len if cfg.critic.granularity == "token" else 1,
     )
     (a.vf_coef * loss_v).backward()
-    return {
-        "loss/policy": policy_loss.detach(),
-        "loss/value": loss_v.detach(),
-        "policy/approxkl": policy_stats["approxkl"],
-        "policy/clipfrac": policy_stats["clipfrac"],
-        "policy/ratio": policy_stats["ratio"],
-        "val/clipfrac": value_stats["clipfrac"],
-    }
+    return MicroStats(
+        policy_loss=policy_loss.detach(),
+        approxkl=policy_stats["approxkl"],
+        clipfrac=policy_stats["clipfrac"],
+        ratio=policy_stats["ratio"],
+        value_loss=loss_v.detach(),
+        value_clipfrac=value_stats["clipfrac"],
+    )
+
+
+PPO = Algorithm("ppo", needs_critic=True, advantages=ppo_advantages, micro_step=ppo_micro_step)

@@ -169,6 +169,12 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer under a causal LM's head (GPTNeoXModel etc.), through a PeftModel's wrappers: its forward
+    returns hidden states, no logits."""
+    return causal_lm(model).base_model
+
+
 def transformer_blocks(model: torch.nn.Module, key: str) -> list[torch.nn.Module]:
     """The model's transformer blocks: instances of the classes it names in ``_no_split_modules`` (Hugging Face
     models do). ``key`` is the config option that needs them, for the error when a model names none."""
@@ -233,6 +239,20 @@ def lora_targets(model: torch.nn.Module, targets: list[str] | str, key: str, rol
     names = sorted({leaf[n] for n in picked}, key=[leaf[n] for n in picked].index)
     same = {n for n in linears if leaf[n] in names} == set(picked)
     return names if same else picked
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: list[str], bias: str = "none"):
+    """peft's ``LoraConfig`` of a causal-LM adapter: the policy's, the critic's, or SFT's."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+        bias=bias,
+        task_type="CAUSAL_LM",
+    )
 
 
 def compile_blocks(model: torch.nn.Module) -> None:

@@ -21,62 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import Linear as LoraLinear
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
+from rlhflab.batch import Rollout
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
-from rlhflab.models.loading import checkpoint_activations, compile_blocks, lora_targets
-from rlhflab.rollout import Rollout, backbone, keep_positions, plain_lm_head, position_ids
+from rlhflab.fastpaths import add_lora_in_place, plain_lm_head, use_logits_path
+from rlhflab.models.forward import keep_positions, position_ids
+from rlhflab.models.loading import backbone, checkpoint_activations, compile_blocks, lora_config, lora_targets
 
 POLICY, CRITIC = "default", "critic"
-
-
-def lora_config(r: int, alpha: int, dropout: float, targets: list[str], bias: str = "none") -> LoraConfig:
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(targets),
-        bias=bias,
-        task_type="CAUSAL_LM",
-    )
-
-
-def add_lora_in_place(model: torch.nn.Module) -> None:
-    """Make ``model``'s LoRA linear layers add their update into the base layer's output in place.
-
-    peft computes ``result = result + lora_B(lora_A(dropout(x))) * scaling``: a scaled copy and a new sum, two
-    (tokens, out_features) tensors per adapted layer, each freed a moment later. In the update's forward they end up
-    as freed blocks between the activations kept for the backward, which glibc keeps resident (~0.2 GiB at the
-    410 M shape's peak, docs/benchmarks.md). ``result.add_(lora_B(...).mul_(scaling))`` does the same two roundings
-    in the same order, so the numbers are bit-identical; autograd needs neither tensor (a linear layer keeps its input,
-    a sum and a product by a number keep nothing). DoRA and other variants, several active adapters (peft sums them in
-    the wider dtype before rounding), mixed-adapter batches (``adapter_names``) and merged or disabled adapters keep
-    peft's own forward.
-
-    Not with ``selective`` activation checkpointing: it keeps the base product's output for the backward, and
-    an in-place add would overwrite it."""
-    for module in model.modules():
-        if type(module) is LoraLinear:  # exactly peft's dense layer, not its quantised subclasses
-            # a bound method (not a closure): copy.deepcopy rebinds it to the copied layer
-            module.forward = types.MethodType(_lora_forward_in_place, module)
-
-
-def _lora_forward_in_place(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    active = [name for name in self.active_adapters if name in self.lora_A]
-    if len(active) != 1 or args or kwargs or self.disable_adapters or self.merged or active[0] in self.lora_variant:
-        return LoraLinear.forward(self, x, *args, **kwargs)
-    lora_A, lora_B = self.lora_A[active[0]], self.lora_B[active[0]]
-    result = self.base_layer(x)  # (..., out_features)
-    update = lora_B(lora_A(self.lora_dropout[active[0]](self._cast_input_dtype(x, lora_A.weight.dtype))))
-    return result.add_(update.mul_(self.scaling[active[0]]))  # a bf16 result adds an fp32 update and rounds once
 
 
 def value_head_width(base: torch.nn.Module) -> int:
@@ -126,10 +85,14 @@ class Roles:
             self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
+        fast = cfg.fast_paths
         for model in (self.policy, self.reference):  # probe the LM heads now, not in a timed or checkpointed pass
             if model is not None:
-                plain_lm_head(model)
-        if cfg.train.activation_checkpointing != "selective":  # see add_lora_in_place
+                if fast.hidden_logprobs:
+                    plain_lm_head(model)
+                else:
+                    use_logits_path(model)
+        if fast.lora_in_place and cfg.train.activation_checkpointing != "selective":  # see add_lora_in_place
             for model in {id(m): m for m in (self.policy, self.critic) if m is not None}.values():
                 add_lora_in_place(model)
         if cfg.train.activation_checkpointing != "none":  # the models that run with gradients (not the reference)

@@ -1,25 +1,10 @@
-"""Configuration: one dataclass per concern, YAML presets, ``--set`` overrides and validation.
-
-Every field has a one-line docstring (the string right below it), which ``rlhflab train --help-config`` prints.
-Unknown keys, malformed values and failed cross-field checks raise :class:`UserError` with one line that names
-the key and what would be valid.
-"""
+"""The configuration's schema: one dataclass per concern, each field with a one-line docstring (the string right
+below it), which ``rlhflab train --help-config`` prints."""
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-
-from rlhflab.errors import UserError
+from typing import Literal
 
 
 @dataclass
@@ -282,6 +267,21 @@ class DistributedConfig:
 
 
 @dataclass
+class FastPathsConfig:
+    """Each fast path computes what the plain path computes, with less memory or time (rlhflab.fastpaths)."""
+
+    lora_in_place: bool = True
+    """LoRA layers add their update into the base layer's output in place: the same numbers, fewer freed blocks
+    (never under train.activation_checkpointing selective, which keeps that output). false = peft's own forward."""
+    reserved_kv_cache: bool = True
+    """Generation's KV cache reserves each layer's room at its first write instead of copying it longer every token:
+    the same tokens. false = transformers' DynamicCache."""
+    hidden_logprobs: bool = True
+    """Log-probs from the last hidden states, vocabulary block by block, where the LM head is a plain frozen linear
+    layer: no (rows x tokens x vocabulary) logits, equal within float rounding. false = from the logits."""
+
+
+@dataclass
 class Config:
     seed: int = 42
     """The one seed that controls data order, sampling and initialisation."""
@@ -301,310 +301,5 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# dict <-> dataclass with type checks
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; convert the harmless cases (int → float, '3e-5' → float)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except UserError as err:
-                errors.append(str(err))
-        raise UserError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise UserError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise UserError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise UserError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
-
-
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a (nested) dict; unknown keys and bad values raise :class:`UserError`."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}")
-    data = {k: _LEGACY_VALUES.get(prefix + k, {}).get(v, v) if isinstance(v, bool) else v for k, v in data.items()}
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
-
-
-_LEGACY_VALUES = {
-    "train.activation_checkpointing": {False: "none", True: "full"},
-    "data.chat_template": {False: "off", True: "on"},  # YAML reads a bare on / off as a boolean
-}
-"""Values that older configs (and run directories) hold for options that have since grown more choices, and
-booleans that YAML makes of words."""
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (read from its source)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
-    return docs
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# presets, files, overrides
-
-
-def preset_names() -> list[str]:
-    return sorted(
-        p.name.removesuffix(".yaml") for p in resources.files("rlhflab.presets").iterdir() if p.name.endswith(".yaml")
-    )
-
-
-def _read_yaml(text: str, source: str) -> dict:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{source}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping of config sections at the top level")
-    return data
-
-
-def load_preset_dict(name: str) -> dict:
-    names = preset_names()
-    if name not in names:
-        raise UserError(f"unknown preset {name!r}; available presets: {', '.join(names)}")
-    text = resources.files("rlhflab.presets").joinpath(f"{name}.yaml").read_text()
-    data = _read_yaml(text, f"preset {name}")
-    data.setdefault("preset", name)
-    return data
-
-
-def load_file_dict(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--config: file {path!r} does not exist")
-    return _read_yaml(p.read_text(), path)
-
-
-def apply_override(data: dict, assignment: str) -> None:
-    """Apply one ``dotted.key=value`` to a nested dict; the value is parsed as YAML (so 'true', '3', 'null')."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: expected dotted.key=value, e.g. --set train.lr=1e-5")
-    key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise UserError(f"--set {assignment!r}: empty part in key {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {assignment!r}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def build_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
-    """Preset or file, then overrides, then validation: the one way a Config is made from user input."""
-    if preset and config_file:
-        raise UserError("give either --preset or --config, not both")
-    data = load_preset_dict(preset) if preset else load_file_dict(config_file) if config_file else {}
-    for assignment in overrides:
-        apply_override(data, assignment)
-    cfg = from_dict(Config, data)
-    validate(cfg)
-    return cfg
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def load_config(path: Path) -> Config:
-    cfg = from_dict(Config, load_file_dict(str(path)))
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks; each failure names the keys involved."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    r, t, a = cfg.rollout, cfg.train, cfg.algorithm
-    for key, value in [
-        ("rollout.batch_size", r.batch_size),
-        ("rollout.samples_per_prompt", r.samples_per_prompt),
-        ("rollout.max_new_tokens", r.max_new_tokens),
-        ("train.steps", t.steps),
-        ("train.micro_batch_size", t.micro_batch_size),
-        ("train.scoring_batch_size", t.scoring_batch_size),
-        ("algorithm.ppo_epochs", a.ppo_epochs),
-        ("algorithm.num_minibatches", a.num_minibatches),
-        ("lora.r", cfg.lora.r),
-        ("critic.r", cfg.critic.r),
-        ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
-        ("eval.max_prompts", cfg.eval.max_prompts),
-        ("eval.batch_size", cfg.eval.batch_size or 1),
-        ("train.max_nonfinite_in_a_row", t.max_nonfinite_in_a_row),
-        ("checkpoint.keep", cfg.checkpoint.keep),
-    ]:
-        need(value > 0, f"{key}: must be a positive integer, got {value}")
-    for key, value in [
-        ("train.lr", t.lr),
-        ("rollout.temperature", r.temperature),
-        ("rollout.top_p", r.top_p),
-        ("algorithm.clip_eps", a.clip_eps),
-        ("algorithm.clip_eps_value", a.clip_eps_value),
-    ]:
-        need(value > 0, f"{key}: must be > 0, got {value}")
-    need(r.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {r.top_p}")
-    need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
-    need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
-    need(a.kl_coef >= 0, f"algorithm.kl_coef: must be >= 0, got {a.kl_coef}")
-    need(a.target_kl is None or a.target_kl > 0, f"algorithm.target_kl: must be > 0 (or null = off), got {a.target_kl}")
-    need(
-        cfg.lora.bias == "none",
-        f"lora.bias: {cfg.lora.bias!r} is not supported, only 'none' (biases are not trained, and a trained bias "
-        "would also move the shared reference model)",
-    )
-    need(
-        0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1,
-        f"algorithm.gamma / algorithm.gae_lambda: must be in [0, 1], got {a.gamma} / {a.gae_lambda}",
-    )
-    need(
-        r.batch_size % r.samples_per_prompt == 0,
-        f"rollout.batch_size ({r.batch_size}) must be divisible by rollout.samples_per_prompt ({r.samples_per_prompt})",
-    )
-    need(
-        r.batch_size % a.num_minibatches == 0,
-        f"rollout.batch_size ({r.batch_size}) must be divisible by algorithm.num_minibatches ({a.num_minibatches})",
-    )
-    minibatch = r.batch_size // a.num_minibatches
-    need(
-        minibatch % t.micro_batch_size == 0,
-        f"minibatch size rollout.batch_size / algorithm.num_minibatches = {minibatch} must be divisible by "
-        f"train.micro_batch_size ({t.micro_batch_size})",
-    )
-    need(
-        a.name == "ppo" or r.samples_per_prompt >= 2,
-        f"rollout.samples_per_prompt: {a.name} compares samples of one prompt, so it needs >= 2, "
-        f"got {r.samples_per_prompt}",
-    )
-    for key, targets in (
-        ("lora.target_modules", cfg.lora.target_modules),
-        ("critic.target_modules", cfg.critic.target_modules),
-    ):
-        need(
-            targets == "auto" or (isinstance(targets, list) and len(targets) > 0),
-            f"{key}: expected auto or a non-empty list of module names, got {targets!r}",
-        )
-    need(len(cfg.reward.components) > 0, "reward.components: at least one reward component is needed")
-    penalty = cfg.reward.missing_eos_penalty
-    need(penalty is None or penalty >= 0, f"reward.missing_eos_penalty: must be >= 0 (or null = off), got {penalty}")
-    need(
-        not r.mask_truncated_completions or a.name != "ppo",
-        "rollout.mask_truncated_completions: supported for rloo and grpo only (PPO's critic learns from every row)",
-    )
-    for c in cfg.reward.components + cfg.eval.judges:
-        need(
-            c.kind != "callable" or bool(c.function and ":" in c.function),
-            f"reward.components: {c.name!r} of kind callable needs function: 'module:function'",
-        )
-    names = [c.name for c in cfg.reward.components]
-    need(len(set(names)) == len(names), f"reward.components: names must be unique, got {names}")
-    need(
-        cfg.data.source != "file" or bool(cfg.data.prompts_file),
-        "data.prompts_file: required when data.source is 'file'",
-    )
-    need(cfg.checkpoint.every >= 0, f"checkpoint.every: must be >= 0, got {cfg.checkpoint.every}")
-    need(
-        not cfg.distributed.fsdp or cfg.model.roles == "shared",
-        "distributed.fsdp: needs model.roles=shared (one base model to shard for the three roles)",
-    )
-    need(
-        not (cfg.distributed.fsdp and t.activation_checkpointing != "none"),
-        "train.activation_checkpointing: not supported together with distributed.fsdp yet (untested); turn one off",
-    )
-    for other, on in (
-        ("train.activation_checkpointing", t.activation_checkpointing != "none"),
-        ("distributed.fsdp", cfg.distributed.fsdp),
-    ):
-        need(not (t.compile and on), f"train.compile: not supported together with {other} yet (untested); turn one off")
-    tr = cfg.tracking
-    need(tr.samples_every >= 0, f"tracking.samples_every: must be >= 0 (0 = never), got {tr.samples_every}")
-    need(tr.samples_count > 0, f"tracking.samples_count: must be a positive integer, got {tr.samples_count}")
-
-
-def describe_fields(cls: type = Config, prefix: str = "") -> list[str]:
-    """Lines 'key (type, default): doc' for every field, nested sections included (for --help-config)."""
-    docs, lines = field_docs(cls), []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += describe_fields(tp, prefix + f.name + ".")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
-            default = [to_dict(d) for d in default]
-        lines.append(f"  {prefix}{f.name} = {default!r}  ({_type_name(tp)})\n      {docs.get(f.name, '')}")
-    return lines
+    fast_paths: FastPathsConfig = field(default_factory=FastPathsConfig)
+    """Opt-outs of the fast paths (each is on by default and tested against its plain path)."""
