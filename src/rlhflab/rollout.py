@@ -6,6 +6,7 @@ V = vocabulary. Masks are bool, True = real token. The forward passes themselves
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from rlhflab.batch import Rollout
 from rlhflab.config import Config
 from rlhflab.fastpaths import kv_cache
 from rlhflab.hooks import NO_HOOKS, LoopHooks
-from rlhflab.models.forward import keep_positions, position_ids, response_logprobs
+from rlhflab.models.forward import captured_hidden, keep_positions, position_ids, response_logprobs
 from rlhflab.models.loading import causal_lm
 from rlhflab.ops import masked_sum
 
@@ -287,21 +288,24 @@ def score_rollout(
     # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0)
     chunks = list(rollout.chunks(max(1, cfg.train.scoring_batch_size // head_rows) * head_rows))
     # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
+    values_from_policy = with_values and with_logprobs and roles.shared_trunk  # the policy pass gives the values
     with hooks.phase("logprobs"):
-        logprobs, entropy_sum, actor = [], 0.0, roles.actor()
+        logprobs, entropy_sum, actor, values = [], 0.0, roles.actor(), []
         for chunk in chunks if with_logprobs else []:
-            lp, ent = response_logprobs(actor, chunk, temperature, with_entropy=True, rows_at_once=head_rows)
+            with captured_hidden(actor) if values_from_policy else contextlib.nullcontext() as hidden:
+                lp, ent = response_logprobs(actor, chunk, temperature, with_entropy=True, rows_at_once=head_rows)
             logprobs.append(lp)
             entropy_sum += masked_sum(ent, chunk.response_mask).item()
+            if values_from_policy:
+                values.append(roles.values_from_hidden(hidden[-1], chunk, cfg.critic.granularity))
         with hooks.phase("ref_logprobs"), roles.reference_model() as reference:
             ref_logprobs = [response_logprobs(reference, c, temperature, rows_at_once=head_rows)[0] for c in chunks]
-        values = None
-        if with_values:
+        if with_values and not values_from_policy:
             with hooks.phase("values"):
-                values = torch.cat([roles.values(chunk, cfg.critic.granularity) for chunk in chunks])
+                values = [roles.values(chunk, cfg.critic.granularity) for chunk in chunks]
     return replace(
         rollout,
         logprobs=torch.cat(logprobs) if with_logprobs else None,
         ref_logprobs=torch.cat(ref_logprobs),
-        values=values,
+        values=torch.cat(values) if with_values else None,
     ), entropy_sum / rollout.response_mask.sum().item() if with_logprobs else None

@@ -5,6 +5,7 @@ micro-batch. The math lives in :mod:`rlhflab.algorithms.advantages`, :mod:`rlhfl
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import torch
@@ -15,7 +16,7 @@ from rlhflab.algorithms.losses import explained_variance, ppo_policy_loss, value
 from rlhflab.batch import Rollout
 from rlhflab.config import Config
 from rlhflab.distributed import SINGLE, Dist
-from rlhflab.models.forward import response_logprobs
+from rlhflab.models.forward import captured_hidden, response_logprobs
 from rlhflab.models.roles import Roles
 from rlhflab.ops import masked_mean, masked_whiten
 
@@ -55,13 +56,17 @@ def ppo_advantages(
 def ppo_micro_step(
     roles: Roles, micro: Rollout, cfg: Config, num_tokens: torch.Tensor, num_seqs: int, kl_coef: float
 ) -> MicroStats:
-    """Policy loss and value loss of one micro-batch, each backpropagated right away (normalised by the whole
-    minibatch's token / sequence counts, so accumulation equals one big batch; under data parallelism, the
-    global minibatch's counts). ``kl_coef`` is unused: PPO's β is already in the rewards behind the advantages.
-    Returns detached stats."""
+    """Policy loss and value loss of one micro-batch, backpropagated right away (normalised by the whole minibatch's
+    token / sequence counts, so accumulation equals one big batch; under data parallelism, the global minibatch's
+    counts). A critic adapter of its own: two forwards and two backwards, each before the other adapter is
+    activated; a shared trunk (``critic.backbone: shared``): the value head reads the policy pass's hidden states and
+    one backward takes ``policy + vf_coef · value``. ``kl_coef`` is unused: PPO's β is already in the rewards behind
+    the advantages. Returns detached stats."""
     a, max_len = cfg.algorithm, cfg.rollout.max_new_tokens  # seq_sum_constant's L: the generation budget
-    mask = micro.response_mask
-    logprobs, _ = response_logprobs(roles.actor(), micro, cfg.rollout.temperature)  # (b, T)
+    mask, granularity = micro.response_mask, cfg.critic.granularity
+    actor = roles.actor()
+    with captured_hidden(actor) if roles.shared_trunk else contextlib.nullcontext() as hidden:
+        logprobs, _ = response_logprobs(actor, micro, cfg.rollout.temperature)  # (b, T)
     advantages = micro.advantages if micro.advantages.shape[1] > 1 else micro.advantages[:, 0]  # (b, T) | (b,)
     policy_loss, policy_stats = ppo_policy_loss(
         logprobs,
@@ -75,23 +80,23 @@ def ppo_micro_step(
         num_seqs=num_seqs,
         max_len=max_len,
     )
-    policy_loss.backward()
-
-    vmask = value_mask(micro, cfg.critic.granularity)
-    values = roles.values(micro, cfg.critic.granularity)  # (b, T) | (b, 1)
-    value_tokens = num_tokens if cfg.critic.granularity == "token" else num_seqs
+    if roles.shared_trunk:
+        values = roles.values_from_hidden(hidden[-1], micro, granularity)  # (b, T) | (b, 1)
+    else:
+        policy_loss.backward()  # before values() activates the critic adapter
+        values = roles.values(micro, granularity)  # (b, T) | (b, 1)
     loss_v, value_stats = value_loss(
         values,
         micro.values,
         micro.returns,
-        vmask,
+        value_mask(micro, granularity),
         a.clip_eps_value,
         agg=a.loss_agg,
-        num_tokens=value_tokens,
+        num_tokens=num_tokens if granularity == "token" else num_seqs,
         num_seqs=num_seqs,
-        max_len=max_len if cfg.critic.granularity == "token" else 1,
+        max_len=max_len if granularity == "token" else 1,
     )
-    (a.vf_coef * loss_v).backward()
+    (policy_loss + a.vf_coef * loss_v if roles.shared_trunk else a.vf_coef * loss_v).backward()
     return MicroStats(
         policy_loss=policy_loss.detach(),
         approxkl=policy_stats["approxkl"],

@@ -43,6 +43,10 @@ class LoraSettings:
 class CriticConfig:
     granularity: Literal["token", "sequence"] = "token"
     """token: a value per response token + GAE; sequence: one value per sequence, advantage = R - V."""
+    backbone: Literal["separate", "shared"] = "separate"
+    """separate: the value head reads a critic LoRA adapter of its own (critic.r, alpha, target_modules); shared: it
+    reads the policy adapter's hidden states, so one forward and one backward serve the policy and value losses
+    (loss = policy + vf_coef * value; the value loss also trains the policy's LoRA)."""
     r: int = 16
     """LoRA rank of the critic adapter."""
     alpha: int = 32

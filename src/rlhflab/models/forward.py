@@ -5,7 +5,8 @@ row's positions (DESIGN §3.2).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -37,6 +38,19 @@ def keep_positions(start: int, stop: int, device: torch.device) -> torch.Tensor:
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) bool → (B, L) long: each row counts its own real tokens from 0; padding gets 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@contextlib.contextmanager
+def captured_hidden(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, every forward of ``model``'s backbone appends its last hidden state (B, L, H) to the list
+    yielded: what a value head on the policy's own trunk reads (``critic.backbone: shared``), from the same pass that
+    gives the log-probs, with either log-prob path (hidden states or logits)."""
+    captured: list[torch.Tensor] = []
+    handle = backbone(model).register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def response_hidden(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:

@@ -5,6 +5,10 @@ shared (default): the base weights are loaded once. The policy is the LoRA adapt
 zero-initialised scalar value head on the last hidden state, and the reference is the base with adapters
 disabled: three roles for the memory of about one model.
 
+``critic.backbone: shared`` puts the value head on the policy's own trunk instead of a critic adapter: the policy's
+forward gives both the log-probs and the hidden states the value head reads (:func:`captured_hidden`), so one
+forward and one backward serve both losses (TRL's original value-head model). No critic adapter exists then.
+
 separate: the reference is a frozen full copy and the critic a full copy with its own LoRA adapter, the layout
 of the published reference script. Kept for users who need it and to measure what sharing saves.
 
@@ -32,7 +36,7 @@ from rlhflab.batch import Rollout
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
 from rlhflab.fastpaths import add_lora_in_place, plain_lm_head, use_logits_path
-from rlhflab.models.forward import keep_positions, position_ids
+from rlhflab.models.forward import captured_hidden, keep_positions, position_ids
 from rlhflab.models.loading import backbone, checkpoint_activations, compile_blocks, lora_config, lora_targets
 
 POLICY, CRITIC = "default", "critic"
@@ -57,27 +61,34 @@ class Roles:
         self.layout = cfg.model.roles
         lora = cfg.lora
         separate = self.layout == "separate"
+        self.shared_trunk = with_critic and cfg.critic.backbone == "shared"  # value head on the policy's trunk
+        own_critic = with_critic and not self.shared_trunk  # a critic adapter of its own
         # copies are taken before any adapter is injected, so they hold the plain base weights
         self.reference = copy.deepcopy(base).requires_grad_(False) if separate else None
-        critic_base = copy.deepcopy(base) if separate and with_critic else None
+        critic_base = copy.deepcopy(base) if separate and own_critic else None
 
         # targets resolved on the plain base (before any adapter is injected): auto → names of this model's layers
         policy_targets = lora_targets(base, lora.target_modules, "lora.target_modules")
-        critic_targets = lora_targets(base, cfg.critic.target_modules, "critic.target_modules", "critic")
-        self.targets = {"policy": policy_targets, "critic": critic_targets if with_critic else None}
+        critic_targets = (
+            lora_targets(base, cfg.critic.target_modules, "critic.target_modules", "critic") if own_critic else None
+        )
+        self.targets = {"policy": policy_targets, "critic": critic_targets}
         self.policy: PeftModel = get_peft_model(
             base,
             lora_config(lora.r, lora.alpha, lora.dropout, policy_targets, lora.bias),
             adapter_name=POLICY,
         )
-        self.critic: PeftModel | None = None
+        self.critic: PeftModel | None = None  # the model whose hidden states the value head reads
+        self.critic_adapter = POLICY if self.shared_trunk else CRITIC
         self.value_head: torch.nn.Linear | None = None
         if with_critic:
-            critic_lora = lora_config(cfg.critic.r, cfg.critic.alpha, lora.dropout, critic_targets)
-            if separate:
+            if own_critic:
+                critic_lora = lora_config(cfg.critic.r, cfg.critic.alpha, lora.dropout, critic_targets)
+            if critic_base is not None:
                 self.critic = get_peft_model(critic_base, critic_lora, adapter_name=CRITIC)
             else:
-                self.policy.add_adapter(CRITIC, critic_lora)
+                if own_critic:
+                    self.policy.add_adapter(CRITIC, critic_lora)
                 self.critic = self.policy
             hidden = value_head_width(base)
             device = next(base.parameters()).device
@@ -155,18 +166,24 @@ class Roles:
         """Critic values: (B, T) for each response token's state, or (B, 1) for the prompt (sequence critic).
 
         The value of response token t is read where its logits are: at position P - 1 + t. Leaves the critic
-        adapter active (its backward must run before :meth:`actor` switches back).
+        adapter active (its backward must run before :meth:`actor` switches back). With a shared trunk this is a
+        forward of the policy; the PPO loss and the scoring pass read the values from their policy pass instead
+        (:meth:`values_from_hidden`), and this stays the plain path they are tested against.
         """
         assert self.critic is not None and self.value_head is not None, "this algorithm has no critic"
-        self.critic.set_adapter(CRITIC)
+        self.critic.set_adapter(self.critic_adapter)
         mask = rollout.attention_mask
         inputs = dict(
             input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
         )
         if self.sharded:
-            hidden = self._backbone_through_root(backbone(self.critic), inputs)
+            hidden = self._backbone_through_root(inputs)
         else:
             hidden = backbone(self.critic)(**inputs).last_hidden_state  # (B, P + T, H)
+        return self.values_from_hidden(hidden, rollout, granularity)
+
+    def values_from_hidden(self, hidden: torch.Tensor, rollout: Rollout, granularity: str = "token") -> torch.Tensor:
+        """The value head on the critic's last hidden states (B, P + T, H) of ``rollout``: (B, T) or (B, 1)."""
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         if granularity == "sequence":
             hidden = hidden[:, prompt_len - 1 : prompt_len]  # (B, 1, H): the state before the first token
@@ -174,25 +191,22 @@ class Roles:
             hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]  # (B, T, H)
         return self.value_head(hidden.float()).squeeze(-1)
 
-    def _backbone_through_root(self, trunk: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    def _backbone_through_root(self, inputs: dict) -> torch.Tensor:
         """The backbone's last hidden state (B, P + T, H), from a forward of the whole sharded model: the root
         unit's parameters (embeddings, final norm) are gathered only when the root's forward runs, so the backbone
         cannot be called alone. The LM head projects just the last position."""
-        captured = []
-        handle = trunk.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
-        try:
-            length = inputs["input_ids"].shape[1]
+        length = inputs["input_ids"].shape[1]
+        with captured_hidden(self.critic) as captured:
             self.critic(**inputs, logits_to_keep=keep_positions(length - 1, length, inputs["input_ids"].device))
-        finally:
-            handle.remove()
         return captured[0]
 
     # ------------------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Policy adapter at ``directory`` (PEFT format), critic adapter in ``critic/``, head in safetensors."""
+        """Policy adapter at ``directory`` (PEFT format), critic adapter in ``critic/`` (none with a shared trunk),
+        head in safetensors."""
         directory.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(str(directory), selected_adapters=[POLICY])
-        if self.critic is not None:
+        if self.critic is not None and not self.shared_trunk:
             self.critic.save_pretrained(str(directory), selected_adapters=[CRITIC])  # → directory/critic/
         if self.value_head is not None:
             save_file(
@@ -207,7 +221,7 @@ class Roles:
         set_peft_model_state_dict(
             self.policy, load_file(str(directory / "adapter_model.safetensors")), adapter_name=POLICY
         )
-        if self.critic is not None:
+        if self.critic is not None and not self.shared_trunk:
             set_peft_model_state_dict(
                 self.critic,
                 load_file(str(directory / CRITIC / "adapter_model.safetensors")),

@@ -1,0 +1,140 @@
+"""critic.backbone: shared — the value head on the policy's own trunk: one forward and one backward serve the policy and
+value losses, with the numbers of the plain path (a separate forward of the policy for the values)."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import train_argv
+from test_rollout import PROMPTS, _grads, make_cfg
+
+from rlhflab.algorithms.losses import ppo_policy_loss, value_loss
+from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step, value_mask
+from rlhflab.cli import main
+from rlhflab.models.forward import captured_hidden, response_logprobs
+from rlhflab.rollout import sample_rollout, score_rollout
+from rlhflab.session import load_setup
+
+
+def shared_setup(model_dir, prompts_file, *extra):
+    cfg = make_cfg(model_dir, prompts_file, "critic.backbone=shared", *extra)
+    torch.manual_seed(0)
+    return cfg, load_setup(cfg)
+
+
+def scored_rollout(setup, cfg):
+    """A scored PPO rollout with random scores, and the trainable weights moved off their zero initialisation."""
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    params = setup.roles.trainable_parameters()
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    rollout, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8, generator=g)), cfg)
+    rollout, _ = ppo_advantages(rollout, cfg, 0.05)
+    return rollout, params
+
+
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_a_shared_trunk_has_no_critic_adapter(tiny_model_dir, prompts_file, layout):
+    _, setup = shared_setup(tiny_model_dir, prompts_file, f"model.roles={layout}")
+    roles = setup.roles
+    assert roles.shared_trunk and roles.critic is roles.policy and roles.targets["critic"] is None
+    assert set(roles.policy.peft_config) == {"default"}
+    lora = [p for n, p in roles.policy.named_parameters() if "lora_" in n]
+    assert roles.trainable_parameters() == [*lora, *roles.value_head.parameters()]
+    assert sum(1 for m in roles.models() if m is not roles.reference) == 1  # no critic copy under "separate"
+
+
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+@pytest.mark.parametrize("hidden_logprobs", ["true", "false"])
+def test_values_from_the_policy_pass_equal_a_forward_of_their_own(
+    tiny_model_dir, prompts_file, granularity, hidden_logprobs
+):
+    """Both log-prob paths (hidden states, or logits through the whole model) hand the value head the same hidden
+    states as the backbone's own forward: the values are bit-identical."""
+    extra = (f"critic.granularity={granularity}", f"fast_paths.hidden_logprobs={hidden_logprobs}")
+    cfg, setup = shared_setup(tiny_model_dir, prompts_file, *extra)
+    rollout, _ = scored_rollout(setup, cfg)
+    roles = setup.roles
+    with torch.no_grad():
+        with captured_hidden(roles.actor()) as hidden:
+            response_logprobs(roles.actor(), rollout, 1.0)
+        assert len(hidden) == 1
+        from_policy_pass = roles.values_from_hidden(hidden[0], rollout, granularity)
+        own_forward = roles.values(rollout, granularity)
+    assert from_policy_pass.shape == (8, rollout.response_ids.shape[1] if granularity == "token" else 1)
+    assert from_policy_pass.abs().sum() > 0
+    assert torch.equal(from_policy_pass, own_forward)
+    # the scoring pass took its values from the old-logprobs pass: the same numbers
+    torch.testing.assert_close(rollout.values, own_forward, atol=1e-6, rtol=0)
+
+
+def test_scoring_pass_values_start_at_zero_and_kl_at_zero(tiny_model_dir, prompts_file):
+    cfg, setup = shared_setup(tiny_model_dir, prompts_file)
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    scored, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8)), cfg)
+    mask = scored.response_mask
+    assert torch.equal(scored.values, torch.zeros_like(scored.values))
+    assert torch.equal(scored.logprobs[mask], scored.ref_logprobs[mask])
+
+
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+def test_one_backward_gives_the_gradient_of_policy_plus_vf_coef_times_value(tiny_model_dir, prompts_file, granularity):
+    """The micro-step's gradient against a plain reference: the policy loss from one forward, the value loss from a
+    second, separate forward of the same (policy) adapter, ``(policy + vf_coef · value).backward()``. The value loss
+    also moves the policy's LoRA weights (what sharing the trunk means)."""
+    cfg, setup = shared_setup(
+        tiny_model_dir, prompts_file, f"critic.granularity={granularity}", "algorithm.vf_coef=0.3"
+    )
+    rollout, params = scored_rollout(setup, cfg)
+    roles, a, tokens, rows = setup.roles, cfg.algorithm, rollout.response_mask.sum(), len(rollout)
+    ppo_micro_step(roles, rollout, cfg, tokens, rows, 0.05)
+    shared = _grads(params)
+    for p in params:
+        p.grad = None
+
+    logprobs, _ = response_logprobs(roles.actor(), rollout, 1.0)
+    advantages = rollout.advantages if granularity == "token" else rollout.advantages[:, 0]
+    loss_pi, _ = ppo_policy_loss(logprobs, rollout.logprobs, advantages, rollout.response_mask, a.clip_eps)
+    values = roles.values(rollout, granularity)
+    value_tokens, max_len = (tokens, 6) if granularity == "token" else (rows, 1)
+    vmask = value_mask(rollout, granularity)
+    loss_v, _ = value_loss(
+        values, rollout.values, rollout.returns, vmask, a.clip_eps_value, num_tokens=value_tokens, num_seqs=rows
+    )
+    loss_pi.backward(retain_graph=True)
+    policy_only = _grads(params)
+    (0.3 * loss_v).backward()
+    reference = _grads(params)
+    assert all(g.abs().sum() > 0 for g in shared)
+    for s, r in zip(shared, reference):
+        torch.testing.assert_close(s, r, atol=1e-6, rtol=1e-5)
+    lora = sum(1 for n, _ in roles.policy.named_parameters() if "lora_" in n)
+    moved = [not torch.allclose(p, r) for p, r in zip(policy_only[:lora], reference[:lora])]
+    assert any(moved), "the value loss reaches the policy's LoRA weights"
+
+
+def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, prompts_file, tmp_path):
+    """`rlhflab train` with critic.backbone=shared: values are learned (value loss logged), final/ holds the policy
+    adapter and the value head only, and a run resumed from its step-1 checkpoint ends with the same weights."""
+    from safetensors.torch import load_file
+
+    extra = ["--set", "critic.backbone=shared", "--set", "checkpoint.every=1", "--set", "eval.enabled=false"]
+    full = tmp_path / "full"
+    assert main(train_argv(tiny_model_dir, prompts_file, full, *extra, steps=2, batch=4, micro=2)) == 0
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["objective/kl"] == 0.0 and rows[1]["loss/value"] > 0 and "val/explained_variance" in rows[1]
+    assert (full / "final" / "value_head.safetensors").is_file() and not (full / "final" / "critic").exists()
+    assert not (full / "checkpoints" / "step-000001" / "critic").exists()
+
+    resumed = tmp_path / "resumed"  # as if killed after step 2's metrics, before its end
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "final")
+    assert main(["train", "--resume", "--output-dir", str(resumed)]) == 0
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        a, b = load_file(str(full / "final" / name)), load_file(str(resumed / "final" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
