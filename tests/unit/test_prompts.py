@@ -52,3 +52,21 @@ def test_malformed_files_name_the_problem(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(UserError, match=message):
         read_prompts(tmp_path / name)
+
+
+def test_max_prompts_keeps_the_first_and_extra_prompts_come_after_each_once(tiny_model_dir, prompts_file):
+    from rlhflab.config import build_config
+    from rlhflab.session import load_setup, with_extra_prompts
+
+    assert with_extra_prompts(["a", "b"], ["b", "c", "c"]) == ["a", "b", "c"]
+    with pytest.raises(UserError, match="data.extra_prompts: an empty prompt"):
+        with_extra_prompts(["a"], ["b", " "])
+    base = [f"model.name={tiny_model_dir}", "model.device=cpu", "data.source=file", f"data.prompts_file={prompts_file}"]
+    extra = "data.extra_prompts=['It was the dullest', 'the plot']"
+    setup = load_setup(build_config(overrides=[*base, "data.max_prompts=2", extra]))
+    assert setup.train_prompts == ["the movie was", "i really hated", "It was the dullest", "the plot"]
+    leak = "data.extra_prompts=['It was the dullest', 'This is the worst']"
+    with pytest.raises(UserError, match="'This is the worst' is also a held-out evaluation prompt"):
+        load_setup(build_config(overrides=[*base, leak, "eval.prompts=['This is the worst']"]))
+    with pytest.raises(UserError, match="data.max_prompts: must be 0"):
+        build_config(overrides=[*base, "data.max_prompts=-1"])

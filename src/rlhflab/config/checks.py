@@ -32,6 +32,10 @@ def validate(cfg: Config) -> None:
         ("checkpoint.keep", cfg.checkpoint.keep),
     ]:
         need(value > 0, f"{key}: must be a positive integer, got {value}")
+    need(
+        cfg.data.max_prompts >= 0,
+        f"data.max_prompts: must be 0 (all) or a positive integer, got {cfg.data.max_prompts}",
+    )
     for key, value in [
         ("train.lr", t.lr),
         ("rollout.temperature", r.temperature),
