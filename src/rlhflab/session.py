@@ -75,6 +75,18 @@ def resolve_sources(cfg: Config) -> tuple[str, str | None, str | None]:
     return resolve_model_name(model_name), train_file, eval_file
 
 
+def extra_prompts(cfg: Config) -> list[str]:
+    """``data.extra_prompts``: its list, or the demo's negative openings for ``demo-negative``."""
+    extra = cfg.data.extra_prompts
+    if isinstance(extra, list):
+        return extra
+    if extra != "demo-negative":
+        raise UserError(f"data.extra_prompts: a list of prompts or demo-negative, got {extra!r}")
+    from rlhflab.data.demo import NEGATIVE_OPENINGS
+
+    return list(NEGATIVE_OPENINGS)
+
+
 def with_extra_prompts(prompts: list[str], extra: list[str]) -> list[str]:
     """The source's prompts, then ``data.extra_prompts`` not already among them (each prompt once)."""
     if any(not p.strip() for p in extra):
@@ -93,7 +105,7 @@ def held_out_prompts(cfg: Config, train_prompts: list[str], eval_file: str | Non
         prompts = cfg.eval.prompts + imdb_prompts(cfg.data.eval_dataset_split, cfg.data.prompt_words)
     else:
         prompts = cfg.eval.prompts
-    if leaked := [p for p in cfg.data.extra_prompts if p in set(prompts)]:
+    if leaked := [p for p in extra_prompts(cfg) if p in set(prompts)]:
         raise UserError(f"data.extra_prompts: {leaked[0]!r} is also a held-out evaluation prompt")
     return list(dict.fromkeys(prompts or train_prompts[:16]))
 
@@ -112,7 +124,7 @@ def load_setup(cfg: Config, with_critic: bool | None = None, dist: Dist = SINGLE
         train_prompts = imdb_prompts(cfg.data.dataset_split, cfg.data.prompt_words)
     else:
         train_prompts = read_prompts(train_file)
-    train_prompts = with_extra_prompts(train_prompts[: cfg.data.max_prompts or None], cfg.data.extra_prompts)
+    train_prompts = with_extra_prompts(train_prompts[: cfg.data.max_prompts or None], extra_prompts(cfg))
     eval_prompts = held_out_prompts(cfg, train_prompts, eval_file)
     reward = build_reward(cfg.reward, cfg.model.trust_remote_code)  # a bad judge fails before the model loads
     device = dist.device(resolve_device(cfg.model.device))

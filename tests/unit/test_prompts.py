@@ -70,3 +70,25 @@ def test_max_prompts_keeps_the_first_and_extra_prompts_come_after_each_once(tiny
         load_setup(build_config(overrides=[*base, leak, "eval.prompts=['This is the worst']"]))
     with pytest.raises(UserError, match="data.max_prompts: must be 0"):
         build_config(overrides=[*base, "data.max_prompts=-1"])
+
+
+def test_demo_negative_openings_are_negative_and_never_held_out(tiny_model_dir, prompts_file):
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    from rlhflab.config import build_config
+    from rlhflab.data.corpus import EVAL_OPENINGS, _clashes_with_eval
+    from rlhflab.data.demo import NEGATIVE_OPENINGS
+    from rlhflab.session import load_setup
+
+    assert len(set(NEGATIVE_OPENINGS)) == len(NEGATIVE_OPENINGS) == 42
+    assert not [p for p in NEGATIVE_OPENINGS if _clashes_with_eval(p) or "worst" in p.lower()]
+    vader = SentimentIntensityAnalyzer()
+    compound = [vader.polarity_scores(p)["compound"] for p in NEGATIVE_OPENINGS]
+    # VADER misreads a few ("It felt like a chore": +0.36); as a whole they are negative
+    assert sum(compound) / len(compound) < -0.25 and sum(c < 0 for c in compound) >= 30
+    base = [f"model.name={tiny_model_dir}", "model.device=cpu", "data.source=file", f"data.prompts_file={prompts_file}"]
+    setup = load_setup(build_config(overrides=[*base, "data.extra_prompts=demo-negative", "data.max_prompts=3"]))
+    assert setup.train_prompts == ["the movie was", "i really hated", "honestly the", *NEGATIVE_OPENINGS]
+    assert not set(setup.train_prompts) & set(EVAL_OPENINGS)
+    with pytest.raises(UserError, match="data.extra_prompts: a list of prompts or demo-negative, got 'negative'"):
+        load_setup(build_config(overrides=[*base, "data.extra_prompts=negative"]))

@@ -72,9 +72,9 @@ class DataConfig:
     """data.source imdb: words of each review kept as its prompt."""
     max_prompts: int = 0
     """Training prompts kept from the source: its first N (0 = all of them)."""
-    extra_prompts: list[str] = field(default_factory=list)
-    """Prompts added to the source's (after data.max_prompts): openings of a kind the source lacks. None may be a
-    held-out evaluation prompt."""
+    extra_prompts: list[str] | str = field(default_factory=list)
+    """Prompts added to the source's (after data.max_prompts): openings of a kind the source lacks, or demo-negative
+    (rlhflab.data.demo.NEGATIVE_OPENINGS: 42 negative review openings). None may be a held-out evaluation prompt."""
     max_prompt_tokens: int = 32
     """Prompts longer than this are cut (from the left, keeping their end)."""
     chat_template: Literal["auto", "on", "off"] = "auto"

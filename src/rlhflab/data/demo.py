@@ -19,6 +19,54 @@ from rlhflab.data.corpus import EVAL_OPENINGS, Review, generate_reviews, trainin
 N_REVIEWS, N_HELDOUT, N_TRAIN_PROMPTS = 6000, 300, 1024  # the published demo's sizes
 DATA_VERSION = 1  # bump when the corpus or the prompts change
 
+NEGATIVE_OPENINGS: tuple[str, ...] = (
+    "It was the dullest",
+    "That was the most boring",
+    "Easily the weakest",
+    "By far the silliest",
+    "Frankly, it is the most tedious",
+    "Sadly, the script was",
+    "The dialogue was so bad that",
+    "I could not stand",
+    "I regret watching",
+    "Two hours of my life",
+    "The acting was terrible and",
+    "I hated every minute of",
+    "It is a dreadful",
+    "The jokes fell flat and",
+    "A painful, boring",
+    "What an awful",
+    "Nothing in this film",
+    "I walked out of",
+    "The plot was a mess and",
+    "Boring, slow and",
+    "It was a terrible",
+    "The film is a disaster",
+    "A truly awful",
+    "I fell asleep during",
+    "The characters were so annoying",
+    "The effects looked cheap and",
+    "I wanted my money back after",
+    "Terrible acting, a dull",
+    "The pacing was so slow",
+    "It felt like a chore",
+    "What a disappointing",
+    "The script is lazy and",
+    "Every scene dragged and",
+    "I have never been so disappointed",
+    "The ending ruined",
+    "It is hard to sit through",
+    "This film was a total mess",
+    "This movie is awful",
+    "This film is the dullest",
+    "The sequel is even worse",
+    "Avoid this one:",
+    "A dull, lifeless",
+)
+"""``data.extra_prompts: demo-negative``: hand-written negative openings (complaints, negative superlatives) for
+training a real model, which the corpus's openings rarely are (it writes "I watched ...", "This film was ...").
+None is a held-out evaluation opening, a prefix of one or starts with one; none says "worst" (tests check)."""
+
 
 @dataclass(frozen=True)
 class DemoData:
