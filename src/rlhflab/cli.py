@@ -1,4 +1,4 @@
-"""Command line: ``rlhflab demo | sft | train | rm | dpo | eval | compare | bench``. User mistakes print one line, exit 2."""
+"""Command line: ``rlhflab demo | sft | train | rm | dpo | eval | compare | bench``. User mistakes: one line, exit 2."""
 
 from __future__ import annotations
 

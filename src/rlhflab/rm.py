@@ -87,7 +87,8 @@ def train_reward_model(cfg: Config, overwrite: bool = False) -> Path:
     rm.model.train(t.dropout)  # off by default: the same text always gets the same score
     prepare_run_dir(cfg, overwrite)
     print(
-        f"reward model: {len(train_pairs)} training pairs, {len(eval_pairs)} held out; {t.steps} steps of {p.batch_size}"
+        f"reward model: {len(train_pairs)} training pairs, {len(eval_pairs)} held out; "
+        f"{t.steps} steps of {p.batch_size}"
     )
 
     params = rm.trainable_parameters()
@@ -154,7 +155,8 @@ def train_reward_model(cfg: Config, overwrite: bool = False) -> Path:
             f"loss {before['loss']:.3f} -> {after['loss']:.3f}, mean margin {after['margin']:+.2f}"
         )
     print(
-        f"reward model saved in {run_dir / 'final'}; use it with reward.components: [{{kind: reward_model, path: {run_dir}}}]"
+        f"reward model saved in {run_dir / 'final'}; use it with "
+        f"reward.components: [{{kind: reward_model, path: {run_dir}}}]"
     )
     return run_dir
 
@@ -183,7 +185,8 @@ def model_card(cfg: Config, summary: dict, n_train: int) -> str:
         )
         + ".",
         "",
-        f"- pairs: {source}, {n_train} for training; {t.steps} steps of {p.batch_size} pairs, lr {t.lr}, seed {cfg.seed}",
+        f"- pairs: {source}, {n_train} for training; {t.steps} steps of {p.batch_size} pairs, lr {t.lr}, "
+        f"seed {cfg.seed}",
         f"- LoRA r {cfg.lora.r}, alpha {cfg.lora.alpha}; texts of at most {p.max_length} tokens (the end kept)",
     ]
     if after:

@@ -112,7 +112,8 @@ def validate(cfg: Config) -> None:
             need(value > 0, f"{key}: must be a positive integer, got {value}")
         need(
             p.batch_size % t.micro_batch_size == 0,
-            f"preference.batch_size ({p.batch_size}) must be divisible by train.micro_batch_size ({t.micro_batch_size})",
+            f"preference.batch_size ({p.batch_size}) must be divisible by train.micro_batch_size "
+            f"({t.micro_batch_size})",
         )
         need(p.beta > 0, f"preference.beta: must be > 0, got {p.beta}")
         need(p.eval_every >= 0, f"preference.eval_every: must be >= 0, got {p.eval_every}")
