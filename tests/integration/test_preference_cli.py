@@ -141,3 +141,10 @@ def test_bad_preference_files_are_one_line_errors(tiny_model_dir, tmp_path, caps
 def test_rm_and_dpo_need_pairs(tiny_model_dir, tmp_path, capsys):
     assert main(argv("dpo", tiny_model_dir, tmp_path / "run")) == 2
     assert "preference.file / preference.dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["rm", "dpo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main([command, "--help"])
+    assert exit_code.value.code == 0 and "preference" in capsys.readouterr().out
