@@ -148,3 +148,13 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_code:
         main([command, "--help"])
     assert exit_code.value.code == 0 and "preference" in capsys.readouterr().out
+
+
+def test_a_reward_model_component_needs_a_path_to_a_reward_model(tiny_model_dir, prompts_file, tmp_path, capsys):
+    sets = ["data.source=file", f"data.prompts_file={prompts_file}"]
+    no_path = "reward.components=[{name: rm, kind: reward_model}]"
+    assert main(argv("train", tiny_model_dir, tmp_path / "a", *sets, no_path)) == 2
+    assert "of kind reward_model needs path" in capsys.readouterr().err
+    not_rm = f"reward.components=[{{name: rm, kind: reward_model, path: {tmp_path}}}]"
+    assert main(argv("train", tiny_model_dir, tmp_path / "b", *sets, not_rm)) == 2
+    assert "holds no reward model" in capsys.readouterr().err
