@@ -1,4 +1,4 @@
-"""Command line: ``rlhflab demo | sft | train | eval | compare | bench``. User mistakes print one line, exit 2."""
+"""Command line: ``rlhflab demo | sft | train | rm | dpo | eval | compare | bench``. User mistakes: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -90,6 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--help-config", action="store_true", help="print every config key with its default and meaning")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
+    for name, algo, what in (
+        ("rm", "rm", "train a reward model (LoRA + scalar head) on preference pairs with the Bradley-Terry loss"),
+        ("dpo", "dpo", "align a policy offline with DPO (or IPO) on preference pairs"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=what,
+            description=f"{what[0].upper() + what[1:]}: a preset (--preset, e.g. demo-{name}) or a YAML file "
+            "(--config), any key changed with --set (the pairs: preference.file, a JSONL file of prompt / chosen / "
+            f"rejected; see docs/preference.md). The same as `rlhflab train` with algorithm.name={algo}.",
+        )
+        source = p.add_mutually_exclusive_group()
+        source.add_argument("--preset", help=f"a preset name, e.g. demo-{name} (see rlhflab train --list-presets)")
+        source.add_argument("--config", help="a YAML config file")
+        _add_run_options(p)
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        if name == "dpo":
+            p.add_argument(
+                "--resume", action="store_true", help="continue the run in --output-dir from its newest checkpoint"
+            )
+        p.set_defaults(algorithm=algo)
+
     p = sub.add_parser("eval", help="evaluate a run: starting model vs trained policy on held-out prompts")
     p.add_argument("--run", required=True, help="a run directory written by `rlhflab train`")
 
@@ -168,6 +190,28 @@ def cmd_train(args) -> int:
         raise UserError(
             "give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")"
         )
+    cfg = _config_from_args(args, args.preset)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config_module.to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from rlhflab.train import train
+
+    train(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_pairwise(args) -> int:
+    """``rlhflab rm`` / ``rlhflab dpo``: ``rlhflab train`` with algorithm.name fixed to rm / dpo."""
+    from rlhflab import config as config_module
+
+    if getattr(args, "resume", False):
+        args.list_presets = args.help_config = False
+        return _resume(args)
+    if not args.preset and not args.config:
+        raise UserError(f"give --preset NAME or --config FILE (e.g. --preset demo-{args.command})")
+    args.overrides = [*args.overrides, f"algorithm.name={args.algorithm}"]
     cfg = _config_from_args(args, args.preset)
     if args.print_config:
         import yaml
@@ -396,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         "compare": cmd_compare,
         "report": cmd_report,
         "bench": cmd_bench,
+        "rm": cmd_pairwise,
+        "dpo": cmd_pairwise,
     }
     try:
         return handlers[args.command](args)

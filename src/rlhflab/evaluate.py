@@ -196,6 +196,10 @@ def eval_command(run_dir: Path) -> dict:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"--run: {run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
+    if cfg.algorithm.name == "rm":
+        raise UserError(
+            f"--run: {run_dir} holds a reward model (rlhflab rm); its held-out accuracy is in eval/summary.json"
+        )
     weights = find_weights(run_dir)
     setup = load_setup(cfg, with_critic=False)
     setup.roles.load(weights)

@@ -104,7 +104,17 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False, hooks: Loo
     """Run ``cfg.train.steps`` steps of ``cfg.algorithm``; writes the run directory described in DESIGN §4. Returns
     its path. ``hooks`` watch the loop's phases (``rlhflab bench``); they never change what it computes.
 
-    Under ``torchrun`` every process runs this with its share of each batch (:mod:`rlhflab.distributed`)."""
+    Under ``torchrun`` every process runs this with its share of each batch (:mod:`rlhflab.distributed`).
+    ``algorithm.name`` rm and dpo learn from preference pairs instead (:mod:`rlhflab.rm`, :mod:`rlhflab.dpo`; one
+    process)."""
+    if cfg.algorithm.name == "rm":
+        from rlhflab.rm import train_reward_model
+
+        return train_reward_model(cfg, overwrite)
+    if cfg.algorithm.name == "dpo":
+        from rlhflab.dpo import train_dpo
+
+        return train_dpo(cfg, overwrite, resume)
     dist = distributed.init(resolve_device(cfg.model.device))
     try:
         return _train(cfg, dist, overwrite, resume, hooks)

@@ -85,7 +85,8 @@ def test_unknown_key_lists_valid_keys():
 def test_set_without_equals_and_unknown_preset():
     with pytest.raises(UserError, match="expected dotted.key=value"):
         apply_override({}, "train.lr")
-    with pytest.raises(UserError, match="unknown preset .nope.; available presets: demo-grpo, demo-ppo, demo-rloo"):
+    listed = "demo-dpo, demo-grpo, demo-ppo, demo-ppo-rm, demo-rloo, demo-rm"
+    with pytest.raises(UserError, match=f"unknown preset .nope.; available presets: {listed}"):
         build_config(preset="nope")
 
 

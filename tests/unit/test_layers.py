@@ -9,7 +9,13 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "rlhflab"
-MATH = {"rlhflab.ops", "rlhflab.algorithms.advantages", "rlhflab.algorithms.losses", "rlhflab.algorithms.kl_control"}
+MATH = {
+    "rlhflab.ops",
+    "rlhflab.algorithms.advantages",
+    "rlhflab.algorithms.losses",
+    "rlhflab.algorithms.kl_control",
+    "rlhflab.algorithms.preference",
+}
 MAX_LINES = 500
 
 

@@ -73,7 +73,7 @@ def validate(cfg: Config) -> None:
         f"train.micro_batch_size ({t.micro_batch_size})",
     )
     need(
-        a.name == "ppo" or r.samples_per_prompt >= 2,
+        a.name in ("ppo", "dpo", "rm") or r.samples_per_prompt >= 2,
         f"rollout.samples_per_prompt: {a.name} compares samples of one prompt, so it needs >= 2, "
         f"got {r.samples_per_prompt}",
     )
@@ -97,6 +97,30 @@ def validate(cfg: Config) -> None:
             c.kind != "callable" or bool(c.function and ":" in c.function),
             f"reward.components: {c.name!r} of kind callable needs function: 'module:function'",
         )
+        need(
+            c.kind != "reward_model" or bool(c.path),
+            f"reward.components: {c.name!r} of kind reward_model needs path: the run directory of `rlhflab rm`",
+        )
+    p = cfg.preference
+    if a.name in ("dpo", "rm"):
+        need(
+            bool(p.file) != bool(p.dataset),
+            f"preference.file / preference.dataset: algorithm {a.name} needs exactly one source of pairs",
+        )
+        need(0 <= p.eval_share < 1, f"preference.eval_share: must be in [0, 1), got {p.eval_share}")
+        for key, value in [
+            ("preference.batch_size", p.batch_size),
+            ("preference.max_length", p.max_length),
+            ("preference.max_eval_pairs", p.max_eval_pairs),
+        ]:
+            need(value > 0, f"{key}: must be a positive integer, got {value}")
+        need(
+            p.batch_size % t.micro_batch_size == 0,
+            f"preference.batch_size ({p.batch_size}) must be divisible by train.micro_batch_size "
+            f"({t.micro_batch_size})",
+        )
+        need(p.beta > 0, f"preference.beta: must be > 0, got {p.beta}")
+        need(p.eval_every >= 0, f"preference.eval_every: must be >= 0, got {p.eval_every}")
     names = [c.name for c in cfg.reward.components]
     need(len(set(names)) == len(names), f"reward.components: names must be unique, got {names}")
     need(

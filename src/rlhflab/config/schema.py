@@ -87,10 +87,11 @@ class DataConfig:
 class RewardComponent:
     name: str = "vader"
     """Name logged as reward/<name>."""
-    kind: Literal["lexicon", "classifier", "callable", "repetition", "short", "naive_bayes"] = "lexicon"
+    kind: Literal["lexicon", "classifier", "callable", "repetition", "short", "naive_bayes", "reward_model"] = "lexicon"
     """lexicon: VADER compound in [-1, 1]; classifier: a sequence classifier's label; callable: 'function';
     repetition: unique words / words of the completion; short: -1 when the completion has < min_words words;
-    naive_bayes: log-odds of a naive Bayes fitted to a labelled JSONL corpus in 'model' ('demo' = the demo's)."""
+    naive_bayes: log-odds of a naive Bayes fitted to a labelled JSONL corpus in 'model' ('demo' = the demo's);
+    reward_model: the score of prompt + completion by a reward model trained with `rlhflab rm` (in 'path')."""
     weight: float = 1.0
     """Weight of this component in the summed score."""
     input: Literal["completion", "prompt_completion"] = "completion"
@@ -103,10 +104,12 @@ class RewardComponent:
     """For kind classifier: the label scored, looked up by name in the model's id2label."""
     output: Literal["logit", "probability"] = "logit"
     """For kind classifier: the label's raw logit or its softmax probability."""
+    path: str | None = None
+    """For kind reward_model: the run directory of `rlhflab rm` (or its final/); it scores with its own tokenizer."""
     device: str = "auto"
-    """For kind classifier: where the judge runs (auto = the policy's device rules)."""
+    """For kind classifier and reward_model: where the judge runs (auto = the policy's device rules)."""
     batch_size: int = 32
-    """For kind classifier: texts per forward pass."""
+    """For kind classifier and reward_model: texts per forward pass."""
     min_words: int = 5
     """For kind short: completions with fewer words score -1 (use weight 2 for the reference's -2 penalty)."""
 
@@ -142,8 +145,10 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: Literal["ppo", "rloo", "grpo"] = "ppo"
-    """ppo: clipped surrogate + critic + GAE; rloo: leave-one-out baseline; grpo: group-normalised advantages."""
+    name: Literal["ppo", "rloo", "grpo", "dpo", "rm"] = "ppo"
+    """ppo: clipped surrogate + critic + GAE; rloo: leave-one-out baseline; grpo: group-normalised advantages;
+    dpo: offline DPO on preference pairs (`rlhflab dpo`); rm: a reward model from preference pairs (`rlhflab rm`),
+    not a policy. dpo and rm read the preference section."""
     ppo_epochs: int = 4
     """Passes (K) over each rollout batch."""
     num_minibatches: int = 1
@@ -184,6 +189,40 @@ class AlgorithmConfig:
     def whitens(self) -> bool:
         """whiten_advantages, with null (auto) resolved per algorithm: ppo true, rloo and grpo false."""
         return self.name == "ppo" if self.whiten_advantages is None else self.whiten_advantages
+
+
+@dataclass
+class PreferenceConfig:
+    file: str | None = None
+    """dpo, rm: JSONL preference pairs (prompt, chosen, rejected: strings, or message lists through the chat
+    template); 'demo' = the demo's pairs (positive vs negative continuations written by the corpus grammar)."""
+    eval_file: str | None = None
+    """Held-out pairs (same format); null = the last preference.eval_share of the training pairs (the demo's
+    pairs have their own held-out file)."""
+    dataset: str | None = None
+    """Instead of file: a Hugging Face dataset with prompt / chosen / rejected columns (through `datasets`)."""
+    dataset_split: str = "train"
+    """preference.dataset: the split trained on."""
+    eval_dataset_split: str | None = None
+    """preference.dataset: a held-out split; null = the last preference.eval_share of dataset_split."""
+    eval_share: float = 0.1
+    """Share of the training pairs held out when no held-out file or split is given (0 = none)."""
+    max_eval_pairs: int = 200
+    """At most this many held-out pairs are evaluated."""
+    max_length: int = 128
+    """Longest text in tokens: rm, prompt + answer (the end kept); dpo, each answer (its start kept)."""
+    batch_size: int = 32
+    """Pairs per optimisation step (train.micro_batch_size pairs per forward/backward)."""
+    eval_every: int = 10
+    """Steps between evaluations on the held-out pairs (0 = only before and after training)."""
+    margin: float = 0.0
+    """rm: the chosen answer must score this much more: loss -log sigmoid(r_chosen - r_rejected - margin)."""
+    center_rewards_coefficient: float | None = None
+    """rm: weight of mean (r_chosen + r_rejected)^2, which keeps scores centred at 0 (TRL's name); null = off."""
+    beta: float = 0.1
+    """dpo: beta, the strength of the implicit KL to the reference (higher = closer to it)."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """dpo: sigmoid (-log sigmoid(beta h), the DPO paper) or ipo ((h - 1/(2 beta))^2, Azar et al. 2023)."""
 
 
 @dataclass
@@ -312,3 +351,5 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     fast_paths: FastPathsConfig = field(default_factory=FastPathsConfig)
     """Opt-outs of the fast paths (each is on by default and tested against its plain path)."""
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """Preference pairs and the losses of algorithm.name dpo and rm."""

@@ -10,12 +10,15 @@ REWARD_KINDS = {
     "callable": "a Python function",
     "repetition": "unique words / words",
     "short": "−1 for completions under min_words words",
+    "reward_model": "a learned reward model",
 }
 
 
 def describe_reward(component: dict) -> str:
     kind = component.get("kind", "?")
     what = REWARD_KINDS.get(kind, str(kind))
+    if kind == "reward_model" and component.get("path"):
+        what = f"the reward model in {component['path']}"
     if kind == "classifier" and component.get("model"):
         what = f"classifier {component['model']} ({component.get('label', '')} {component.get('output', '')})"
     elif kind == "callable" and component.get("function"):
@@ -47,6 +50,9 @@ def describe_algorithm(cfg: dict) -> str:
         )
     if name == "grpo":
         return f"GRPO (advantages normalised within groups of k={k} samples per prompt)"
+    if name == "dpo":
+        p = section(cfg, "preference")
+        return f"DPO ({p.get('loss_type', 'sigmoid')} loss, β={p.get('beta', '?')}, on preference pairs)"
     return name.upper()
 
 

@@ -179,15 +179,24 @@ def describe_run(cfg: dict, metrics: list[dict], run_dir: Path) -> str:
     batch, k = r.get("batch_size", "?"), r.get("samples_per_prompt", 1)
     prompts = batch // k if isinstance(batch, int) and isinstance(k, int) and k else "?"
     steps = t.get("steps", "?")
-    parts = [
-        f"{describe_algorithm(cfg)} fine-tuned a LoRA adapter (r={lora.get('r', '?')}, α={lora.get('alpha', '?')})"
-        f" on {describe_model(str(m.get('name', '?')))} to maximise the judge score, reward = {describe_rewards(cfg)},"
-        f" with a KL penalty to the starting model ({kl}).",
-        f"Each of the {steps} steps sampled {batch} completions ({prompts} prompts × {k}) of at most"
-        f" {r.get('max_new_tokens', '?')} new tokens at temperature {r.get('temperature', '?')}, then ran"
-        f" {a.get('ppo_epochs', '?')} epochs × {a.get('num_minibatches', '?')} minibatches of updates"
-        f" (lr {t.get('lr', '?')}, {t.get('lr_schedule', '?')} schedule); seed {cfg.get('seed', '?')}.",
-    ]
+    adapter = f"a LoRA adapter (r={lora.get('r', '?')}, α={lora.get('alpha', '?')})"
+    on_model = describe_model(str(m.get("name", "?")))
+    schedule = f"lr {t.get('lr', '?')}, {t.get('lr_schedule', '?')} schedule); seed {cfg.get('seed', '?')}."
+    if a.get("name") == "dpo":  # offline: pairs, no sampling, no reward
+        p = section(cfg, "preference")
+        parts = [
+            f"{describe_algorithm(cfg)} fine-tuned {adapter} on {on_model}, offline, on the pairs of "
+            f"{p.get('file') or p.get('dataset')}; the reference is the starting model (adapter off).",
+            f"Each of the {steps} steps used {p.get('batch_size', '?')} pairs ({schedule}",
+        ]
+    else:
+        parts = [
+            f"{describe_algorithm(cfg)} fine-tuned {adapter} on {on_model} to maximise the judge score, reward = "
+            f"{describe_rewards(cfg)}, with a KL penalty to the starting model ({kl}).",
+            f"Each of the {steps} steps sampled {batch} completions ({prompts} prompts × {k}) of at most"
+            f" {r.get('max_new_tokens', '?')} new tokens at temperature {r.get('temperature', '?')}, then ran"
+            f" {a.get('ppo_epochs', '?')} epochs × {a.get('num_minibatches', '?')} minibatches of updates ({schedule}",
+        ]
     if metrics:
         last = metrics[-1].get("step", len(metrics))
         if isinstance(steps, int) and last < steps:

@@ -100,6 +100,10 @@ def build_judge(spec: RewardComponent, trust_remote_code: bool = False) -> Judge
         return lambda prompts, completions: shaping.short(completions, spec.min_words)
     if spec.kind == "callable":
         return load_callable(spec.function, f"{key}.function")
+    if spec.kind == "reward_model":  # scores prompt + completion with its own tokenizer
+        from rlhflab.models.reward_model import RewardModelJudge
+
+        return RewardModelJudge(spec.path, spec.device, spec.batch_size, key=f"{key}.path")
     raise UserError(f"{key}: unknown kind {spec.kind!r}")
 
 
