@@ -190,21 +190,11 @@ def cmd_train(args) -> int:
         raise UserError(
             "give --preset NAME or --config FILE (presets: " + ", ".join(config_module.preset_names()) + ")"
         )
-    cfg = _config_from_args(args, args.preset)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(config_module.to_dict(cfg), sort_keys=False), end="")
-        return 0
-    from rlhflab.train import train
-
-    train(cfg, overwrite=args.overwrite)
-    return 0
+    return _print_or_train(args, _config_from_args(args, args.preset))
 
 
 def cmd_pairwise(args) -> int:
     """``rlhflab rm`` / ``rlhflab dpo``: ``rlhflab train`` with algorithm.name fixed to rm / dpo."""
-    from rlhflab import config as config_module
 
     if getattr(args, "resume", False):
         args.list_presets = args.help_config = False
@@ -212,9 +202,15 @@ def cmd_pairwise(args) -> int:
     if not args.preset and not args.config:
         raise UserError(f"give --preset NAME or --config FILE (e.g. --preset demo-{args.command})")
     args.overrides = [*args.overrides, f"algorithm.name={args.algorithm}"]
-    cfg = _config_from_args(args, args.preset)
+    return _print_or_train(args, _config_from_args(args, args.preset))
+
+
+def _print_or_train(args, cfg) -> int:
+    """--print-config prints the resolved config; otherwise train it."""
     if args.print_config:
         import yaml
+
+        from rlhflab import config as config_module
 
         print(yaml.safe_dump(config_module.to_dict(cfg), sort_keys=False), end="")
         return 0

@@ -43,7 +43,7 @@ def test_bad_inputs(base_args, tmp_path, capsys):
         (base_args("--set", "train.lr=-0.1"), "train.lr: must be > 0, got -0.1"),
         (base_args("--set", "train.lr"), "expected dotted.key=value"),
         (base_args("--set", "train.learning_rate=1"), "unknown config key 'train.learning_rate'; valid keys"),
-        (base_args("--set", "algorithm.name=dpo"), "choose one of ppo, rloo, grpo"),
+        (base_args("--set", "algorithm.name=a2c"), "choose one of ppo, rloo, grpo, dpo, rm"),
         (base_args("--set", "train.micro_batch_size=3"), "must be divisible by train.micro_batch_size (3)"),
         (base_args("--set", "model.name=/no/such/model"), "local model directory '/no/such/model' does not exist"),
         (base_args("--set", f"data.prompts_file={tmp_path}/none.txt"), "none.txt' does not exist"),

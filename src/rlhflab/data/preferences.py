@@ -8,10 +8,10 @@ prompt's turns and the answer's (assistant) turns, rendered through the tokenize
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhflab.data.prompts import jsonl_rows
 from rlhflab.errors import UserError
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -62,15 +62,7 @@ def read_pairs_file(path: str | Path, key: str = "preference.file") -> list[Row]
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{key}: file {str(path)!r} does not exist")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{key}: {p}:{n} is not valid JSON ({err.msg})") from None
-        rows.append(check_row(row, f"{key}: {p}:{n}"))
+    rows = [check_row(row, f"{key}: {p}:{n}") for n, row in jsonl_rows(p, key)]
     if not rows:
         raise UserError(f"{key}: file {str(path)!r} holds no preference pairs")
     return rows

@@ -6,9 +6,22 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 from rlhflab.errors import UserError
+
+
+def jsonl_rows(path: Path, key: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSONL file; a line that is not JSON is a UserError
+    naming ``key``, the file and the line."""
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{key}: {path}:{n} is not valid JSON ({err.msg})") from None
 
 
 def read_prompts(path: str | Path, key: str = "data.prompts_file") -> list[str]:
@@ -18,13 +31,7 @@ def read_prompts(path: str | Path, key: str = "data.prompts_file") -> list[str]:
         raise UserError(f"{key}: file {str(path)!r} does not exist")
     prompts: list[str] = []
     if p.suffix == ".jsonl":
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{key}: {p}:{n} is not valid JSON ({err.msg})") from None
+        for n, row in jsonl_rows(p, key):
             text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{key}: {p}:{n} needs a string field 'prompt' (or 'text')")
