@@ -8,6 +8,7 @@ a temp folder, which is ignored (and cleaned up by the next save).
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -68,3 +69,24 @@ def load_checkpoint(path: Path, roles) -> dict:
     state = torch.load(path / STATE_FILE, weights_only=True)
     set_rng_state(state["rng"])
     return state
+
+
+def restore_latest(run_dir: Path, roles, stateful: dict) -> tuple[Path, dict]:
+    """Load the newest complete checkpoint into ``roles`` and each of ``stateful``'s objects (``load_state_dict``);
+    returns its path and the whole saved state. No checkpoint is a UserError for ``--resume``."""
+    from rlhflab.errors import UserError
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
+    state = load_checkpoint(path, roles)
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    return path, state
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the lines of a JSONL log up to ``step`` (a resumed run redoes the steps after its checkpoint)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))

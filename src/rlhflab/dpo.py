@@ -21,7 +21,7 @@ import torch
 
 from rlhflab.algorithms.preference import dpo_loss
 from rlhflab.batch import Rollout
-from rlhflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhflab.checkpoint import restore_latest, save_checkpoint, truncate_log
 from rlhflab.config import Config
 from rlhflab.data.preferences import PreferencePair
 from rlhflab.data.prompts import PromptSampler
@@ -29,7 +29,7 @@ from rlhflab.errors import UserError
 from rlhflab.models.forward import response_logprobs
 from rlhflab.models.roles import Roles
 from rlhflab.ops import masked_sum
-from rlhflab.pairwise import StepLog, chunks, load_pairs, truncate_log
+from rlhflab.pairwise import StepLog, chunks, load_pairs
 from rlhflab.rollout import PromptCodec
 from rlhflab.schedule import build_scheduler
 from rlhflab.session import check_run_dir, load_setup, prepare_run_dir, seed_everything
@@ -104,12 +104,7 @@ def train_dpo(cfg: Config, overwrite: bool = False, resume: bool = False) -> Pat
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "sampler": sampler}
     start_step = 0
     if resume:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
-        state = load_checkpoint(checkpoint, roles)
-        for name, obj in stateful.items():
-            obj.load_state_dict(state[name])
+        checkpoint, state = restore_latest(run_dir, roles, stateful)
         start_step = state["step"]
         truncate_log(run_dir / "metrics.jsonl", start_step)
         print(f"resuming {run_dir} from step {start_step} ({checkpoint.name})")

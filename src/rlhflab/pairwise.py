@@ -6,7 +6,6 @@ pairs from ``preference.eval_file`` / ``eval_dataset_split``, else the last ``pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,10 +75,3 @@ class StepLog:
     def close(self) -> None:
         self.bar.close()
         self.sink.close()
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Keep the lines of a JSONL log up to ``step`` (a resumed run redoes the steps after its checkpoint)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))

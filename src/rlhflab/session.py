@@ -7,7 +7,6 @@ run directory from its newest checkpoint.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from rlhflab.algorithms.registry import algorithm_for
-from rlhflab.checkpoint import latest_checkpoint, load_checkpoint, set_rng_state
+from rlhflab.checkpoint import restore_latest, set_rng_state, truncate_log
 from rlhflab.config import Config, save_config
 from rlhflab.data.prompts import read_prompts
 from rlhflab.distributed import SINGLE, Dist
@@ -215,12 +214,7 @@ def resume_state(
 
     Under torchrun every process loads the same checkpoint (the run directory must be reachable from each), then
     its own token-sampling generator and global RNGs when the checkpoint was written by as many processes."""
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
-    state = load_checkpoint(path, roles)
-    for name, obj in stateful.items():
-        obj.load_state_dict(state[name])
+    path, state = restore_latest(run_dir, roles, stateful)
     sample_gen.set_state(state["sample_gen"])
     shuffle_gen.set_state(state["shuffle_gen"])
     skips.update(state["skips"])
@@ -240,8 +234,6 @@ def resume_state(
         )
     if dist.is_main:
         for log in (run_dir / "metrics.jsonl", run_dir / "samples.jsonl"):
-            if log.exists():
-                kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-                log.write_text("".join(line + "\n" for line in kept))
+            truncate_log(log, step)
         print(f"resuming {run_dir} from step {step} ({path.name})")
     return step
