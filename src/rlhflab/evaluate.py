@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,6 +112,46 @@ def verdict_shares(verdicts: list[tuple[str, Judge, float]], rows: list[dict]) -
     return shares
 
 
+def build_eval_judges(cfg: Config) -> tuple[list, list]:
+    """(the training reward's judges with their verdict thresholds, the second judges of eval.judges), built once."""
+    second = [(spec.name, build_judge(spec, cfg.model.trust_remote_code)) for spec in cfg.eval.judges]
+    return judge_verdicts(cfg.reward.components, cfg.model.trust_remote_code), second
+
+
+def judge_rows(rows: list[dict], summary: dict, judges: tuple[list, list]) -> None:
+    """Add each judge's verdict share (and the second judges' scores per row and their means) to ``summary``."""
+    verdicts, second = judges
+    shares = verdict_shares(verdicts, rows)  # marks each row's "positive": the first judge's verdict
+    if shares:  # without a judge component, score > eval.positive_threshold stays
+        summary["positive_share"] = next(iter(shares.values()))
+        summary.update(shares)
+    for name, judge in second:  # second judges: did the policy learn the task or the training judge's quirks?
+        values = judge([r["prompt"] for r in rows], [r["completion"] for r in rows])
+        for row, value in zip(rows, values):
+            row[f"judge/{name}"] = value
+        summary[f"judge/{name}_mean"] = sum(values) / len(values)
+        summary[f"judge/{name}_positive_share"] = sum(v > 0 for v in values) / len(values)
+
+
+class HeldOutProbe:
+    """eval.every: the policy on the held-out prompts during training, measured exactly as the final evaluation's
+    "after" side (same prompts, seed and judges), as ``eval/<summary key>`` metrics plus ``time/eval``."""
+
+    def __init__(self, setup, cfg: Config, reward, main_process: bool = True):
+        self.setup, self.cfg, self.reward, self.main_process = setup, cfg, reward, main_process
+        self.judges = build_eval_judges(cfg) if main_process else ([], [])
+
+    def __call__(self) -> dict[str, float]:
+        """{} on the other processes of a sharded model (they only join the sampling passes)."""
+        started = time.perf_counter()
+        setup, cfg = self.setup, self.cfg
+        rows, summary = sample_and_judge(setup, cfg, self.reward, setup.eval_prompts, False, seed=cfg.seed + 7)
+        if not self.main_process:
+            return {}
+        judge_rows(rows, summary, self.judges)
+        return {**{f"eval/{k}": v for k, v in summary.items()}, "time/eval": time.perf_counter() - started}
+
+
 def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool = True) -> dict:
     """Evaluate the reference model and the trained policy of a loaded setup; write and print the results.
 
@@ -123,20 +164,9 @@ def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool =
     after, after_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
     if not main_process:
         return {}
-    verdicts = judge_verdicts(cfg.reward.components, cfg.model.trust_remote_code)
+    judges = build_eval_judges(cfg)
     for rows, side_summary in ((before, before_summary), (after, after_summary)):
-        shares = verdict_shares(verdicts, rows)  # marks each row's "positive": the first judge's verdict
-        if shares:  # without a judge component, score > eval.positive_threshold stays
-            side_summary["positive_share"] = next(iter(shares.values()))
-            side_summary.update(shares)
-    for spec in cfg.eval.judges:  # second judges: did the policy learn the task or the training judge's quirks?
-        judge = build_judge(spec, cfg.model.trust_remote_code)
-        for rows, side_summary in ((before, before_summary), (after, after_summary)):
-            values = judge([r["prompt"] for r in rows], [r["completion"] for r in rows])
-            for row, value in zip(rows, values):
-                row[f"judge/{spec.name}"] = value
-            side_summary[f"judge/{spec.name}_mean"] = sum(values) / len(values)
-            side_summary[f"judge/{spec.name}_positive_share"] = sum(v > 0 for v in values) / len(values)
+        judge_rows(rows, side_summary, judges)
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("before", before), ("after", after)):

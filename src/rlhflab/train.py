@@ -176,6 +176,11 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
     from_update = algorithm.measures_old_logprobs(cfg)  # GRPO: the update's first epoch measures the old logprobs
     if t.compile and dist.is_main:
         print("train.compile: the first step also compiles the model's blocks (a minute or so on a CPU)")
+    probe = None  # eval.every: the held-out evaluation during training (a sharded model needs every process)
+    if cfg.eval.every and (dist.is_main or roles.sharded):
+        from rlhflab.evaluate import HeldOutProbe
+
+        probe = HeldOutProbe(setup, cfg, reward, main_process=dist.is_main)
 
     with StopRequest() as stop:
         for step in range(start_step + 1, t.steps + 1):
@@ -246,6 +251,10 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
             }
             same_everywhere = {"step", "objective/kl_coef", "lr", *update_stats, *adv_stats}
             metrics = reduce_metrics(metrics, dist, mask.sum().item(), same_everywhere)
+            if probe is not None and step % cfg.eval.every == 0:  # after this step's update; not in time/step
+                metrics.update(probe())
+            target = cfg.eval.stop_share
+            reached = dist.any(target is not None and metrics.get("eval/positive_share", -1.0) >= target)
             trackers.log(metrics)
             if samples_due(step, cfg.tracking.samples_every, t.steps):  # rank 0's share under torchrun
                 n = cfg.tracking.samples_count
@@ -267,6 +276,13 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
                         file=sys.stderr,
                     )
                 raise KeyboardInterrupt
+            if reached and step < t.steps:
+                if dist.is_main:
+                    share = metrics["eval/positive_share"]
+                    print(
+                        f"held-out positive share {share:.1%} >= eval.stop_share {target:.1%} at step {step}: stopping"
+                    )
+                break
     trackers.close()
     if dist.is_main:  # rank 0 alone writes the adapters, evaluates and reports
         roles.save(run_dir / "final")

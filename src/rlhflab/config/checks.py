@@ -44,6 +44,11 @@ def validate(cfg: Config) -> None:
         ("algorithm.clip_eps_value", a.clip_eps_value),
     ]:
         need(value > 0, f"{key}: must be > 0, got {value}")
+    e = cfg.eval
+    need(e.every >= 0, f"eval.every: must be 0 (off) or a positive integer, got {e.every}")
+    if e.stop_share is not None:
+        need(0 < e.stop_share <= 1, f"eval.stop_share: must be in (0, 1] (or null = off), got {e.stop_share}")
+        need(e.every > 0, "eval.stop_share: needs eval.every > 0 (the periodic evaluation it reads)")
     need(r.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {r.top_p}")
     need(r.top_k >= 0, f"rollout.top_k: must be >= 0 (0 = off), got {r.top_k}")
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")

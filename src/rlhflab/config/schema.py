@@ -280,6 +280,15 @@ class EvalConfig:
     naive Bayes log-odds > 0), each judge's as positive_share/<name> in eval/summary.json."""
     judges: list[RewardComponent] = field(default_factory=list)
     """Second judges, reported beside the training reward (positive when > 0); e.g. a classifier or naive_bayes."""
+    every: int = 0
+    """Steps between held-out evaluations of the policy during training (0 = only before/after at the end): each
+    samples the held-out prompts as the final eval does (same seed, so the curve is not sampling noise between
+    steps) and logs eval/positive_share (the first judge's verdict), eval/positive_share/<judge>, eval/score_mean,
+    eval/ref_perplexity, eval/distinct_2 and time/eval (never counted in time/step) to the step's metrics."""
+    stop_share: float | None = None
+    """Stop training at the first periodic evaluation whose held-out positive share reaches this (needs
+    eval.every); the run then saves, evaluates and reports as a finished one. For time-to-target benchmarks
+    (bench/to_target.py). null = run all train.steps."""
 
 
 @dataclass

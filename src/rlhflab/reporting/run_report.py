@@ -109,10 +109,21 @@ def panels_for(metrics: list[dict]) -> list[Panel]:
     ]
     if len(reward_keys) > 1:
         panels.append(Panel("rewards", "Reward components (raw, before their weights)", [Axis("value", reward_keys)]))
+    judge_shares = sorted(k for k in present if k.startswith("eval/judge/") and k.endswith("_positive_share"))
+    panels.append(
+        Panel(
+            "held_out",
+            "Held-out prompts during training (eval.every)",
+            [
+                Axis("positive share", ["eval/positive_share", *judge_shares]),
+                Axis("reference perplexity", ["eval/ref_perplexity"]),
+            ],
+        )
+    )
     return panels
 
 
-PANEL_NAMES = ("score", "kl", "entropy", "policy", "generation", "value", "rewards")
+PANEL_NAMES = ("score", "kl", "entropy", "policy", "generation", "value", "rewards", "held_out")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
 
