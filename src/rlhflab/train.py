@@ -182,6 +182,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
 
         probe = HeldOutProbe(setup, cfg, reward, main_process=dist.is_main)
 
+    loop_began, eval_seconds = time.perf_counter(), 0.0  # time/elapsed: the loop's wall-clock, eval.every excluded
     with StopRequest() as stop:
         for step in range(start_step + 1, t.steps + 1):
             hooks.step_started(step)
@@ -246,6 +247,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
                 "time/score": judged - generated,
                 "time/forward": scored - judged,
                 "time/update": finished - scored,
+                "time/elapsed": finished - loop_began - eval_seconds,
                 "perf/tokens_per_second": mask.sum().item() / (finished - started),
                 **{f"reward/{name}": values.mean().item() for name, values in components.items()},
             }
@@ -253,6 +255,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
             metrics = reduce_metrics(metrics, dist, mask.sum().item(), same_everywhere)
             if probe is not None and step % cfg.eval.every == 0:  # after this step's update; not in time/step
                 metrics.update(probe())
+                eval_seconds += metrics.get("time/eval", 0.0)
             target = cfg.eval.stop_share
             reached = dist.any(target is not None and metrics.get("eval/positive_share", -1.0) >= target)
             trackers.log(metrics)

@@ -29,6 +29,9 @@ def test_periodic_eval_logs_the_final_evals_numbers_and_leaves_training_unchange
     assert strip == [{k: v for k, v in row.items() if not k.startswith(UNTIMED)} for row in plain]
     assert [("eval/positive_share" in row) for row in probed] == [False, True, False, True]
     assert all("time/eval" in row and row["time/eval"] > 0 for row in probed[1::2])
+    # time/elapsed: the loop's wall-clock without the evaluations; it holds every step's time/step
+    for i, row in enumerate(probed):
+        assert row["time/elapsed"] >= sum(r["time/step"] for r in probed[: i + 1])
     # at the last step the probe measured the very policy, prompts and seed of the final evaluation's "after"
     after = json.loads((tmp_path / "probed" / "eval" / "summary.json").read_text())["after"]
     for key in ("positive_share", "score_mean", "distinct_2", "mean_length"):
