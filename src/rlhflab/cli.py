@@ -125,13 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compare",
-        help="PPO vs RLOO vs GRPO at an equal sample budget, with a report",
+        help="PPO vs RLOO vs GRPO (vs DPO, PPO-RM) at an equal sample budget, with a report",
         description="Train each algorithm of a preset family (e.g. demo → demo-ppo, demo-rloo, "
-        "demo-grpo) on the same number of sampled completions; write compare.md / compare.html.",
+        "demo-grpo) on the same number of sampled completions; write compare.md / compare.html. dpo (demo-dpo) "
+        "trains offline on preference pairs at its preset's steps; ppo-rm (demo-ppo-rm) trains against a reward "
+        "model that compare trains once from demo-rm into OUTPUT_DIR/rm/.",
     )
     p.add_argument("--preset", default="demo", help="preset family, e.g. demo or imdb-pythia-410m (default demo)")
-    p.add_argument("--algos", default="ppo,rloo,grpo", help="comma-separated algorithms (default ppo,rloo,grpo)")
-    p.add_argument("--budget", type=int, help="sampled completions per run (default: the PPO preset's)")
+    p.add_argument(
+        "--algos", default="ppo,rloo,grpo", help="comma-separated, of ppo,rloo,grpo,dpo,ppo-rm (default ppo,rloo,grpo)"
+    )
+    p.add_argument("--budget", type=int, help="sampled completions per online run (default: the PPO preset's)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per algorithm (mean ± std in the report)")
     p.add_argument("--steps", type=int, help="steps per run instead of a budget")
     p.add_argument("--output-dir", default="runs/compare", help="where the runs and the report go")

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from conftest import LENGTH_REWARD
 
 from rlhflab.compare import (
@@ -17,9 +19,11 @@ from rlhflab.compare import (
     run_child,
     run_compare,
     running,
+    split_preset,
     write_compare_report,
 )
 from rlhflab.config import build_config
+from rlhflab.data.pairs import demo_pairs, write_pairs
 from rlhflab.errors import UserError
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -74,7 +78,11 @@ def test_plan_for_the_demo_family(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("demo", ["ppo", "dpo"], None, 1), "unknown algorithm 'dpo'"),
+        (("demo", ["ppo", "a2c"], None, 1), "unknown algorithm 'a2c'; choose from ppo, rloo, grpo, dpo, ppo-rm"),
+        (("demo", ["rm"], None, 1), "unknown algorithm 'rm'; choose from ppo, rloo, grpo, dpo, ppo-rm"),
+        (("demo", ["dpo"], 320, 1), "--budget / --steps: DPO samples no completions"),
+        (("nope", ["ppo-rm"], None, 1), "no preset 'nope-ppo-rm'"),
+        (("smollm2", ["ppo-rm"], None, 1), "no preset 'smollm2-ppo-rm'"),
         (("demo", ["ppo", "ppo"], None, 1), "each algorithm once"),
         (("nope", ["ppo"], None, 1), "no preset 'nope-ppo'; preset families: demo, imdb-pythia-410m"),
         (("demo", ["ppo"], 16, 1), "--budget 16 is smaller than one batch"),
@@ -153,8 +161,14 @@ def test_compare_end_to_end_then_resume(tiny_model_dir, prompts_file, tmp_path, 
     (out / "grpo-seed0" / "eval" / "summary.json").unlink()
     grpo_wall = json.loads((out / "compare.json").read_text())["costs"]["grpo-seed0"]["wall_s"]
     run_compare("demo", ["ppo", "rloo", "grpo"], 8, 1, out, overrides, None)
-    assert [c[3:5] for c in calls] == [["train", "--preset"], ["eval", "--run"]]
-    assert calls[0][-1] == "--overwrite" and calls[1][-1] == str(out / "grpo-seed0")
+    # (each followed by its held-out measurement again: the run changed)
+    assert [c[2:5] for c in calls] == [
+        ["rlhflab", "train", "--preset"],
+        ["rlhflab.compare.heldout", "--run", str(out / "ppo-seed0")],
+        ["rlhflab", "eval", "--run"],
+        ["rlhflab.compare.heldout", "--run", str(out / "grpo-seed0")],
+    ]
+    assert calls[0][-1] == "--overwrite" and calls[2][-1] == str(out / "grpo-seed0")
     costs = json.loads((out / "compare.json").read_text())["costs"]
     assert costs["ppo-seed0"] == {"wall_s": 1.0, "peak_rss_mib": 1.0, "segments": 1}  # retrained: old cost dropped
     assert costs["grpo-seed0"]["wall_s"] == grpo_wall + 1.0 and costs["grpo-seed0"]["segments"] == 2  # added up
@@ -196,8 +210,10 @@ def test_report_averages_seeds(tmp_path):
     md = write_compare_report(tmp_path).read_text()
     ppo = next(line for line in md.splitlines() if line.startswith("| PPO |"))
     cells = [c.strip() for c in ppo.strip("|").split("|")]
-    assert cells[1] == f"+0.300 ± {math.sqrt(0.02):.3f}"  # mean ± sample std over the two seeds
-    assert cells[2] == "75%" and cells[3] == "2.00 ± 0.00" and cells[6] == "0.50 s" and cells[7] == "500 MiB"
+    assert cells[1] == "judge, 64 samples"  # the state names no judge: older comparisons
+    assert cells[2] == f"+0.300 ± {math.sqrt(0.02):.3f}"  # mean ± sample std over the two seeds
+    assert cells[3] == "75%" and cells[4] == "n/a" and cells[5] == "2.00 ± 0.00"  # no eval/heldout.json: no held-out KL
+    assert cells[8] == "0.50 s" and cells[9] == "500 MiB"
     assert "Highest held-out score: GRPO +0.500" in md
     assert "| prompt 0 | ppo before 0" in md  # starting model, then each algorithm's completion of the prompt
     assert "step times ranged" not in md  # steady step times: no warning about a busy machine
@@ -210,3 +226,144 @@ def test_busy_machine_is_flagged():
     quiet = run("rloo", [3.0, 1.1, 1.0, 1.3, 1.2, 1.1])  # first step: warm-up, left out
     busy = run("ppo", [3.0, 1.4, 30.0, 31.0, 96.0, 25.0])
     assert disturbed_timings([quiet, busy]) == {"ppo": (1.4, 30.0, 96.0)}
+
+
+def test_plan_resolves_dpo_and_ppo_rm(tmp_path):
+    assert split_preset("demo-ppo-rm") == ("demo", "ppo-rm") and split_preset("demo-ppo") == ("demo", "ppo")
+    assert split_preset("demo-dpo") == ("demo", "dpo") and split_preset("demo-rm") is None  # the RM: no algorithm
+    plan = plan_compare("demo", ["ppo", "dpo", "ppo-rm"], None, 2, tmp_path, [])
+    assert plan.presets == {"ppo": "demo-ppo", "dpo": "demo-dpo", "ppo-rm": "demo-ppo-rm"}
+    assert plan.budget == 1280 and plan.steps == 40  # the online runs: PPO's budget
+    dpo_steps = build_config(preset="demo-dpo").train.steps
+    rm = plan.reward_model
+    assert rm.name == "rm" and rm.preset == "demo-rm" and rm.config.output_dir == str(tmp_path / "rm")
+    assert rm.config.train.steps == build_config(preset="demo-rm").train.steps  # trained once, at its own steps
+    runs = {r.name: r for r in plan.runs}
+    assert list(runs) == [f"{a}-seed{i}" for i in (0, 1) for a in ("ppo", "dpo", "ppo-rm")]
+    assert runs["dpo-seed1"].config.train.steps == dpo_steps and runs["dpo-seed1"].config.algorithm.name == "dpo"
+    assert runs["ppo-rm-seed1"].config.train.steps == 40 and runs["ppo-rm-seed1"].config.seed == plan.seeds[1]
+    learned = [c for c in runs["ppo-rm-seed0"].config.reward.components if c.kind == "reward_model"]
+    assert [c.path for c in learned] == [str(tmp_path / "rm")]  # not the preset's runs/demo-rm
+    assert plan.judge["components"][0]["kind"] == "lexicon"  # every run is scored by the judge PPO trains on
+    state = plan.to_json()
+    assert state["offline"] == {"dpo": {"steps": dpo_steps, "pairs_per_step": 32}}
+    assert state["runs"]["dpo-seed0"]["steps"] == dpo_steps and state["runs"]["ppo-seed0"]["steps"] == 40
+    assert state["reward_model"]["dir"] == "rm"
+    # a preset name for the family, --steps for the online runs only, --set train.steps for all
+    again = plan_compare("demo-ppo-rm", ["dpo", "ppo-rm"], None, 1, tmp_path, [], steps=3)
+    assert again.family == "demo" and [r.config.train.steps for r in again.runs] == [dpo_steps, 3]
+    assert [r.config.train.steps for r in plan_compare("demo", ["dpo"], None, 1, tmp_path, ["train.steps=5"]).runs] == [
+        5
+    ]
+    assert plan_compare("demo", ["dpo"], None, 1, tmp_path, []).reward_model is None
+
+
+def test_ppo_rm_needs_a_reward_model_component_and_dpo_the_judge(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="demo-ppo-rm's reward \\(after --set\\) has no reward_model component"):
+        plan_compare("demo", ["ppo", "ppo-rm"], None, 1, tmp_path, [LENGTH_REWARD])
+    real = planning.build_config
+
+    def skewed(preset=None, overrides=()):
+        extra = ["reward.components=[{name: len, kind: short}]"] if preset == "demo-dpo" else []
+        return real(preset=preset, overrides=[*overrides, *extra])
+
+    monkeypatch.setattr(planning, "build_config", skewed)
+    with pytest.raises(UserError, match="demo-ppo and demo-dpo differ in reward.components"):
+        plan_compare("demo", ["ppo", "dpo"], None, 1, tmp_path, [])
+
+
+def test_heldout_kl_is_zero_at_the_reference_and_summed_k1_by_hand(tiny_model_dir, prompts_file):
+    from rlhflab.compare.heldout import policy_kl, sequence_kl
+    from rlhflab.rollout import sample_rollout
+    from rlhflab.session import load_setup
+
+    overrides = [o for o in tiny_overrides(tiny_model_dir, prompts_file) if o != LENGTH_REWARD]
+    sets = ["eval.samples_per_prompt=4", "eval.judges=[]", "rollout.temperature=0.7", "rollout.max_new_tokens=6"]
+    cfg = build_config(preset="demo-ppo", overrides=[*overrides, *sets])
+    setup = load_setup(cfg, with_critic=False)
+    roles = setup.roles
+    kls, texts = policy_kl(setup, cfg)
+    assert len(kls) == len(texts) == 8 and max(abs(k) for k in kls) < 1e-5  # LoRA B = 0: policy = reference
+    with torch.no_grad():
+        for name, param in roles.policy.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(1)
+        rollout, _ = sample_rollout(roles.actor(), setup.codec, ["the movie was"] * 3, cfg, generator, setup.device)
+        got = sequence_kl(roles, rollout, 0.7)  # (3,)
+        ids = torch.cat([rollout.prompt_ids, rollout.response_ids], 1)  # (3, P + T), one prompt: no left padding
+        p, mask = rollout.prompt_ids.shape[1], rollout.response_mask
+
+        def summed_logprobs(model):  # full-vocabulary log-softmax of the logits at temperature 0.7, by hand
+            logits = model(input_ids=ids).logits[:, p - 1 : -1].float() / 0.7  # (3, T, V)
+            taken = torch.log_softmax(logits, -1).gather(-1, rollout.response_ids[..., None])[..., 0]  # (3, T)
+            return (taken * mask).sum(1)
+
+        expected = summed_logprobs(roles.actor())
+        with roles.reference_model() as reference:
+            expected = expected - summed_logprobs(reference)
+    assert got.abs().max() > 1e-3  # the policy moved
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)  # policy minus reference, masked, tempered
+
+
+def test_compare_ppo_dpo_and_ppo_rm_end_to_end(tiny_model_dir, prompts_file, tmp_path, monkeypatch):
+    """A reward model trained once into rm/, PPO-RM pointed at it, DPO offline at its own steps, every run scored by
+    the family's judge (VADER) with a held-out KL; the report says which judge trained what."""
+    from rlhflab.rewards.lexicon import VaderReward
+
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, demo_pairs(20, seed=3))
+    overrides = [o for o in tiny_overrides(tiny_model_dir, prompts_file) if o != LENGTH_REWARD]  # the presets' VADER
+    overrides += [f"preference.file={pairs}", "preference.batch_size=4", "preference.max_length=64"]
+    overrides += ["train.scoring_batch_size=8", "train.steps=1", "eval.max_prompts=3"]  # DPO and the RM: 1 step
+    out = tmp_path / "cmp"
+    path = run_compare("demo", ["ppo", "dpo", "ppo-rm"], 8, 1, out, overrides, None)
+
+    state = json.loads((out / "compare.json").read_text())
+    rm_summary = json.loads((out / "rm" / "eval" / "summary.json").read_text())
+    accuracy = rm_summary["after"]["accuracy"]
+    assert state["reward_model"]["accuracy"] == accuracy and state["reward_model"]["num_pairs"] >= 1
+    assert state["runs"]["dpo-seed0"]["steps"] == 1 and state["offline"]["dpo"] == {"steps": 1, "pairs_per_step": 4}
+    rm_config = yaml.safe_load((out / "ppo-rm-seed0" / "config.yaml").read_text())
+    assert rm_config["reward"]["components"][0] == {**rm_config["reward"]["components"][0], "path": str(out / "rm")}
+    heldout = {
+        a: json.loads((out / f"{a}-seed0" / "eval" / "heldout.json").read_text()) for a in ("ppo", "dpo", "ppo-rm")
+    }
+    vader = VaderReward()
+    for algo, measured in heldout.items():
+        assert measured["kl"]["num_samples"] == 3 and math.isfinite(measured["kl"]["mean"]), algo
+        assert measured["kl"]["same_completions"] == 1.0, algo  # the KL of the evaluated completions themselves
+        rows = [json.loads(line) for line in (out / f"{algo}-seed0" / "eval" / "after.jsonl").read_text().splitlines()]
+        assert measured["after"]["score_mean"] == pytest.approx(
+            sum(vader([r["completion"] for r in rows])) / 3, abs=1e-5
+        )
+    own = json.loads((out / "ppo-rm-seed0" / "eval" / "summary.json").read_text())["after"]["score_mean"]
+    assert own != pytest.approx(heldout["ppo-rm"]["after"]["score_mean"])  # its own evaluation scores with the RM
+
+    md = path.read_text()
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| ") and line.count("|") > 10 and "---" not in line}  # fmt: skip
+    header = table["algorithm"]
+    assert set(table) == {"algorithm", "starting model", "PPO", "DPO", "PPO-RM"}
+    assert header[3:5] == ["vader positive", "bayes positive"]
+    assert [table[a][1] for a in ("PPO", "DPO", "PPO-RM")] == [
+        "vader, 8 samples",
+        "pairs, offline: 1 steps × 4 pairs",
+        "reward model, 8 samples",
+    ]
+    kl_held, kl_train = header.index("KL held-out (nats)"), header.index("KL at end of training")
+    for label, algo in (("PPO", "ppo"), ("DPO", "dpo"), ("PPO-RM", "ppo-rm")):
+        assert table[label][2] == f"{heldout[algo]['after']['score_mean']:+.3f}", label
+        assert table[label][kl_held] == f"{heldout[algo]['kl']['mean']:.2f}", label
+    assert table["DPO"][kl_train] == "n/a (offline)" and table["PPO-RM"][kl_train] != "n/a"
+    assert "held-out pairwise accuracy" in md and f"{accuracy:.1%} on {state['reward_model']['num_pairs']} pairs" in md
+    assert "DPO is offline" in md and "no sample budget" in md and "Every online algorithm (PPO, PPO-RM)" in md
+    assert "PPO-RM on the reward model in rm/ (demo-rm, 1 steps" in md
+
+    # a second call trains nothing and measures nothing again: the reward model too is reused
+    calls = []
+    monkeypatch.setattr(running, "run_child", lambda cmd, log, echo_stderr=True: calls.append(cmd))
+    run_compare("demo", ["ppo", "dpo", "ppo-rm"], 8, 1, out, overrides, None)
+    assert calls == []

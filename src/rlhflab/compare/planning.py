@@ -1,28 +1,45 @@
 """Planning a comparison: which presets, how many steps for an equal sample budget, which seeds, which runs.
 
-The presets ``<family>-<algo>`` (``demo-ppo``, ``demo-rloo``, ``demo-grpo``) differ only in their algorithm and
-its settings; the comparison gives each the same number of sampled completions (the budget): ``steps = budget //
-rollout.batch_size`` with one batch size for all. PPO samples 1 completion for each of 32 prompts per step, RLOO
-and GRPO 4 for each of 8, so every algorithm sees 32 completions per step.
+The presets ``<family>-<algo>`` (``demo-ppo``, ``demo-rloo``, ``demo-grpo``, ``demo-dpo``, ``demo-ppo-rm``) differ
+only in their algorithm and its settings. The online algorithms (PPO, RLOO, GRPO and PPO-RM) get the same number of
+sampled completions (the budget): ``steps = budget // rollout.batch_size`` with one batch size for all. PPO samples 1
+completion for each of 32 prompts per step, RLOO and GRPO 4 for each of 8, so every algorithm sees 32 completions
+per step. DPO samples nothing (it trains offline on preference pairs): it keeps its preset's steps. PPO-RM trains
+against a reward model that the comparison trains once from ``<family>-rm`` into its own ``rm/`` folder.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhflab.config import Config, build_config, preset_names, to_dict
 from rlhflab.errors import UserError
 
-ALGOS = ("ppo", "rloo", "grpo")
-LABELS = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
+ALGOS = ("ppo", "rloo", "grpo", "dpo", "ppo-rm")
+DEFAULT_ALGOS = ("ppo", "rloo", "grpo")
+LABELS = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO", "ppo-rm": "PPO-RM"}
+OFFLINE = ("dpo",)  # trained on preference pairs: no sampled completions, so no sample budget
+LEARNED_REWARD = ("ppo-rm",)  # trained against the comparison's own reward model, not the family's judge
+RM_DIR = "rm"  # where the comparison trains the reward model of its PPO-RM runs
 # the settings that must be the same for every algorithm, or the comparison compares something else too
-SHARED_KEYS = ("model.name", "data", "reward", "eval", "rollout.batch_size", "rollout.max_new_tokens")
+SHARED_KEYS = ("model.name", "data", "eval", "rollout.max_new_tokens")
+JUDGE_KEYS = ("reward",)  # the same for the algorithms trained on (DPO: evaluated with) the family's judge
+# (rollout.batch_size: the same for the online algorithms, checked by equal_budget_steps)
+
+
+def split_preset(name: str) -> tuple[str, str] | None:
+    """``(family, algo)`` of a preset name (``demo-ppo-rm`` → ``("demo", "ppo-rm")``), None for other presets."""
+    for algo in sorted(ALGOS, key=len, reverse=True):  # the longest first: ppo-rm before a bare rm or ppo
+        if name.endswith(f"-{algo}") and len(name) > len(algo) + 1:
+            return name[: -len(algo) - 1], algo
+    return None
 
 
 def families() -> list[str]:
     """Preset families: names that have at least one ``<family>-<algo>`` preset."""
-    return sorted({n.rsplit("-", 1)[0] for n in preset_names() if n.rsplit("-", 1)[-1] in ALGOS})
+    return sorted({split[0] for n in preset_names() if (split := split_preset(n))})
 
 
 def resolve_presets(family: str, algos: list[str]) -> dict[str, str]:
@@ -35,11 +52,13 @@ def resolve_presets(family: str, algos: list[str]) -> dict[str, str]:
     if len(set(algos)) != len(algos):
         raise UserError(f"--algos: each algorithm once, got {','.join(algos)}")
     names = preset_names()
-    if family.rsplit("-", 1)[-1] in ALGOS and family not in families():
-        family = family.rsplit("-", 1)[0]  # 'demo-ppo' given for 'demo'
+    if (split := split_preset(family)) and family not in families():
+        family = split[0]  # 'demo-ppo' given for 'demo'
     missing = [f"{family}-{a}" for a in algos if f"{family}-{a}" not in names]
     if missing:
         raise UserError(f"--preset: no preset {missing[0]!r}; preset families: {', '.join(families())}")
+    if "ppo-rm" in algos and f"{family}-rm" not in names:
+        raise UserError(f"--algos ppo-rm: no preset '{family}-rm' to train its reward model from")
     return {a: f"{family}-{a}" for a in algos}
 
 
@@ -82,19 +101,49 @@ def first_difference(a, b, prefix: str = "") -> str | None:
     return None if a == b else prefix.rstrip(".")
 
 
+def check_shared(presets: dict[str, str], dicts: dict[str, dict], algos: list[str]) -> None:
+    """Every algorithm: the same model, prompts, evaluation and completion length; all but PPO-RM (whose reward is
+    the learned model) the same reward: the judge the online ones train on and DPO is evaluated with."""
+    judged = [a for a in algos if a not in LEARNED_REWARD]
+    for keys, members in ((SHARED_KEYS, algos), (JUDGE_KEYS, judged)):
+        for key in keys:
+            for algo in members[1:]:
+                diff = first_difference(get_key(dicts[members[0]], key), get_key(dicts[algo], key), key + ".")
+                if diff:
+                    raise UserError(
+                        f"presets {presets[members[0]]} and {presets[algo]} differ in {diff}; a fair comparison "
+                        f"needs the same model, prompts, judge and evaluation (align them with --set {diff}=...)"
+                    )
+
+
+def rm_reward_override(cfg: Config, preset: str, rm_dir: Path) -> str:
+    """The ``--set reward.components=[...]`` that points every reward_model component of ``cfg`` at ``rm_dir``."""
+    components = to_dict(cfg)["reward"]["components"]
+    learned = [c for c in components if c.get("kind") == "reward_model"]
+    if not learned:
+        raise UserError(
+            f"--algos ppo-rm: {preset}'s reward (after --set) has no reward_model component to train against; "
+            "leave reward.components to the presets"
+        )
+    for component in learned:
+        component["path"] = str(rm_dir)
+    return "reward.components=" + json.dumps(components)  # JSON is YAML: --set parses it back
+
+
 @dataclass
 class RunSpec:
-    """One training run of the comparison."""
+    """One training run of the comparison (or its reward model: algo ``rm``)."""
 
     algo: str
     seed: int
     index: int  # seed index i: seed = base seed + i
     preset: str
     config: Config
+    overrides: list[str] = field(default_factory=list)  # this run's own --set, after the comparison's
 
     @property
     def name(self) -> str:
-        return f"{self.algo}-seed{self.index}"
+        return RM_DIR if self.algo == "rm" else f"{self.algo}-seed{self.index}"
 
 
 @dataclass
@@ -102,14 +151,17 @@ class Plan:
     family: str
     algos: list[str]
     presets: dict[str, str]
-    budget: int
-    steps: int
+    budget: int  # sampled completions of each online run (0 without one)
+    steps: int  # steps of each online run
     batch_size: int
     seeds: list[int]
     overrides: list[str]
+    judge: dict  # the reward section the family's judge-trained presets share: every run is scored by it
     runs: list[RunSpec] = field(default_factory=list)
+    reward_model: RunSpec | None = None  # PPO-RM's reward model, trained once into RM_DIR
 
     def to_json(self) -> dict:
+        rm = self.reward_model
         return {
             "family": self.family,
             "algos": self.algos,
@@ -120,10 +172,27 @@ class Plan:
             "samples_per_run": self.steps * self.batch_size,
             "seeds": self.seeds,
             "overrides": self.overrides,
+            "judge": self.judge,
+            "offline": {
+                a: {"steps": r.config.train.steps, "pairs_per_step": r.config.preference.batch_size}
+                for a in OFFLINE
+                if (r := next((r for r in self.runs if r.algo == a), None))
+            },
             "runs": {
-                run.name: {"algo": run.algo, "seed": run.seed, "preset": run.preset, "dir": run.name}
+                run.name: {
+                    "algo": run.algo,
+                    "seed": run.seed,
+                    "preset": run.preset,
+                    "dir": run.name,
+                    "steps": run.config.train.steps,
+                }
                 for run in self.runs
             },
+            **(
+                {"reward_model": {"preset": rm.preset, "dir": rm.name, "seed": rm.seed, "steps": rm.config.train.steps}}
+                if rm
+                else {}
+            ),
         }
 
 
@@ -144,22 +213,17 @@ def plan_compare(
     if steps is not None and steps < 1:
         raise UserError(f"--steps: must be a positive integer, got {steps}")
     presets = resolve_presets(preset_family, algos)
-    family = next(iter(presets.values())).rsplit("-", 1)[0]
+    family = split_preset(next(iter(presets.values())))[0]
     configs = {algo: build_config(preset=name, overrides=overrides) for algo, name in presets.items()}
-    batch_sizes = {presets[a]: cfg.rollout.batch_size for a, cfg in configs.items()}
-    dicts = {a: to_dict(cfg) for a, cfg in configs.items()}
-    first = algos[0]
-    for key in SHARED_KEYS:
-        for algo in algos[1:]:
-            if key == "rollout.batch_size":
-                continue  # checked by equal_budget_steps with its own message
-            diff = first_difference(get_key(dicts[first], key), get_key(dicts[algo], key), key + ".")
-            if diff:
-                raise UserError(
-                    f"presets {presets[first]} and {presets[algo]} differ in {diff}; a fair comparison needs the "
-                    f"same model, prompts, judge and evaluation (align them with --set {diff}=...)"
-                )
-    batch = next(iter(batch_sizes.values()))
+    check_shared(presets, {a: to_dict(cfg) for a, cfg in configs.items()}, algos)
+    online = [a for a in algos if a not in OFFLINE]
+    if not online and (budget is not None or steps is not None):
+        raise UserError(
+            "--budget / --steps: DPO samples no completions (it trains offline on preference pairs, at its preset's "
+            "train.steps); give an online algorithm too, or --set train.steps=N"
+        )
+    batch_sizes = {presets[a]: configs[a].rollout.batch_size for a in online}
+    batch = next(iter(batch_sizes.values()), configs[algos[0]].rollout.batch_size)
     if steps is not None:
         if budget is not None and budget != steps * batch:
             raise UserError(
@@ -167,22 +231,39 @@ def plan_compare(
                 f"{steps * batch}); give one of them"
             )
         budget = steps * batch
-    if budget is None:  # the PPO preset's own budget (the family's reference recipe)
+    if budget is None and online:  # the PPO preset's own budget (the family's reference recipe)
         if "ppo" in configs:
             reference = configs["ppo"]
         elif f"{family}-ppo" in preset_names():
             reference = build_config(preset=f"{family}-ppo", overrides=overrides)
         else:
-            reference = configs[first]
+            reference = configs[online[0]]
         budget = reference.train.steps * reference.rollout.batch_size
-    steps = equal_budget_steps(batch_sizes, budget)
-    base_seed = configs[first].seed
+    steps = equal_budget_steps(batch_sizes, budget) if online else 0
+    judged = [a for a in algos if a not in LEARNED_REWARD]
+    if judged:
+        judge = to_dict(configs[judged[0]])["reward"]
+    elif f"{family}-ppo" in preset_names():
+        judge = to_dict(build_config(preset=f"{family}-ppo", overrides=overrides))["reward"]
+    else:  # PPO-RM alone, no judge-trained preset to borrow one from: its own reward
+        judge = to_dict(configs[algos[0]])["reward"]
+    base_seed = configs[algos[0]].seed
     seed_list = [base_seed + i for i in range(seeds)]
-    plan = Plan(family, list(algos), presets, budget, steps, batch, seed_list, list(overrides))
+    plan = Plan(family, list(algos), presets, budget or 0, steps, batch, seed_list, list(overrides), judge)
+    own: dict[str, list[str]] = {}
+    if "ppo-rm" in algos:
+        rm_cfg = build_config(preset=f"{family}-rm", overrides=overrides)
+        plan.reward_model = RunSpec("rm", rm_cfg.seed, 0, f"{family}-rm", rm_cfg)
+        rm_cfg.output_dir = str(Path(output_dir) / RM_DIR)
+        own["ppo-rm"] = [rm_reward_override(configs["ppo-rm"], presets["ppo-rm"], Path(rm_cfg.output_dir))]
     for i, seed in enumerate(seed_list):  # seed-major: an interrupted comparison already has every algorithm
         for algo in algos:
-            cfg = build_config(preset=presets[algo], overrides=[*overrides, f"train.steps={steps}", f"seed={seed}"])
-            spec = RunSpec(algo, seed, i, presets[algo], cfg)
+            run_steps = configs[algo].train.steps if algo in OFFLINE else steps
+            extra = own.get(algo, [])
+            cfg = build_config(
+                preset=presets[algo], overrides=[*overrides, *extra, f"train.steps={run_steps}", f"seed={seed}"]
+            )
+            spec = RunSpec(algo, seed, i, presets[algo], cfg, extra)
             cfg.output_dir = str(Path(output_dir) / spec.name)
             plan.runs.append(spec)
     return plan

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rlhflab.compare.planning import LABELS
+from rlhflab.compare.planning import LABELS, LEARNED_REWARD, OFFLINE
 from rlhflab.compare.record import AlgoRow, RunResult, mean_std
 from rlhflab.reporting.plots import Plot, new_figure, smooth, style_axes, try_plot
 
-COLORS = {"ppo": "#1f77b4", "rloo": "#ff7f0e", "grpo": "#2ca02c"}
+COLORS = {"ppo": "#1f77b4", "rloo": "#ff7f0e", "grpo": "#2ca02c", "dpo": "#9467bd", "ppo-rm": "#d62728"}
 
 
 def seed_mean(
@@ -99,7 +99,8 @@ def plot_kl_vs_samples(by_algo, batch: int, path: Path) -> int:
 
 
 def plot_frontier(by_algo, rows: list[AlgoRow], before: dict | None, path: Path) -> int:
-    """Per-step (KL, score) dots, the smoothed path through them, and each algorithm's held-out end point."""
+    """Per-step (KL, score) dots and the smoothed path through them (the judge-trained algorithms: ``by_algo``),
+    and every algorithm's held-out end point (held-out KL where measured)."""
     fig, ax = new_axes()
     for algo, runs in by_algo.items():
         color = COLORS[algo]
@@ -110,11 +111,11 @@ def plot_frontier(by_algo, rows: list[AlgoRow], before: dict | None, path: Path)
             half = max(2, len(kl) // 10)
             ax.plot(smooth(kl, half), smooth(score, half), color=color, linewidth=1.8, alpha=0.8)
     for row in rows:
-        if math.isfinite(row.score[0]) and math.isfinite(row.kl_end[0]):
+        if math.isfinite(row.score[0]) and math.isfinite(row.kl[0]):
             ax.errorbar(
-                row.kl_end[0],
+                row.kl[0],
                 row.score[0],
-                xerr=row.kl_end[1],
+                xerr=row.kl[1],
                 yerr=row.score[1],
                 fmt="*",
                 markersize=16,
@@ -158,6 +159,10 @@ def plot_time_per_step(by_algo, path: Path) -> int:
         ax.bar([LABELS[a] for a in algos], heights, bottom=bottoms, color=color, label=label, width=0.6)
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     totals = [mean_std([v for r in by_algo[a] for v in r.series("time/step")])[0] for a in algos]
+    unsplit = [i for i, total in enumerate(totals) if bottoms[i] == 0 and math.isfinite(total)]  # DPO: pairs
+    if unsplit:
+        ax.bar([LABELS[algos[i]] for i in unsplit], [totals[i] for i in unsplit], color="#8c8c8c", width=0.6,
+               label="step (not split)")  # fmt: skip
     for i, total in enumerate(totals):
         if math.isfinite(total):
             ax.text(i, max(total, bottoms[i]), f"{total:.2f} s", ha="center", va="bottom", fontsize=10)
@@ -189,37 +194,50 @@ def write_plots(output_dir: Path, results: list[RunResult], rows, before, batch:
     for r in results:
         if r.metrics:
             by_algo.setdefault(r.algo, []).append(r)
+    # training-batch curves: scores only of the algorithms trained on the judge (PPO-RM's are its reward model's),
+    # KL of those that sample (DPO: none)
+    judged = {a: runs for a, runs in by_algo.items() if a not in OFFLINE and a not in LEARNED_REWARD}
+    sampling = {a: runs for a, runs in by_algo.items() if a not in OFFLINE}
+    left_out = [LABELS[a] for a in by_algo if a not in judged]
+    but = f" Not {' and '.join(left_out)}: not trained on this judge's scores." if left_out else ""
     jobs = [
         (
             "score_vs_samples",
             "Judge score vs sampled completions",
-            lambda p: plot_score_vs_samples(by_algo, batch, p),
-            "The training batch's mean judge score; the x axis is the budget spent. Equal x = equal samples.",
+            lambda p: plot_score_vs_samples(judged, batch, p),
+            "The training batch's mean judge score; the x axis is the budget spent. Equal x = equal samples." + but,
         ),
         (
             "score_vs_time",
             "Judge score vs wall-clock",
-            lambda p: plot_score_vs_time(by_algo, p),
+            lambda p: plot_score_vs_time(judged, p),
             "The same curves against training time (sum of step times: no model loading, no evaluation).",
         ),
         (
             "frontier",
             "Reward–KL frontier",
-            lambda p: plot_frontier(by_algo, rows, before, p),
+            lambda p: plot_frontier(judged, rows, before, p),
             "Dots: one training step each (batch score vs its KL from the starting model); lines: their smoothed path. "
-            "Stars: held-out score after training at the KL of the last steps. Up and to the left is better.",
+            "Stars: the judge's held-out score after training at the held-out KL (where measured, else the KL of the "
+            "last steps), every algorithm. Up and to the left is better." + but,
         ),
         (
             "kl",
             "KL vs sampled completions",
-            lambda p: plot_kl_vs_samples(by_algo, batch, p),
-            "How far each policy moved from the starting model (summed k1 per completion).",
+            lambda p: plot_kl_vs_samples(sampling, batch, p),
+            "How far each policy moved from the starting model (summed k1 per completion)."
+            + (
+                " DPO samples nothing while training: its KL is the held-out one in the table."
+                if "dpo" in by_algo
+                else ""
+            ),
         ),
         (
             "time_per_step",
             "Time per step",
             lambda p: plot_time_per_step(by_algo, p),
-            "Mean seconds per step, split into generation, judging, log-prob/value forward passes and updates.",
+            "Mean seconds per step, split into generation, judging, log-prob/value forward passes and updates."
+            + (" DPO's step (a batch of pairs) is not split." if "dpo" in by_algo else ""),
         ),
         (
             "memory",
@@ -230,7 +248,10 @@ def write_plots(output_dir: Path, results: list[RunResult], rows, before, batch:
         ),
     ]
     written = []
+    empty = {"score_vs_samples": not judged, "score_vs_time": not judged, "kl": not sampling}
     for name, title, draw, caption in jobs if by_algo else []:
+        if empty.get(name):
+            continue
         path = out / f"{name}.png"
         columns = try_plot("compare", name, draw, path)
         if columns:
