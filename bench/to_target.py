@@ -74,7 +74,7 @@ def trl_run(preset: str, algo: str, settings: str, seed: int, cap: float, args, 
     path = out / f"trl-{algo}-{settings}-seed{seed}.json"
     cmd = [args.trl_python, str(REPO / "bench" / "trl" / "to_target.py"), "--preset", preset, "--algo", algo]
     cmd += ["--settings", settings, "--target", str(args.target), "--max-seconds", f"{cap:.1f}"]
-    cmd += ["--eval-every-samples", str(args.eval_every * args.batch), "--json", str(path)]
+    cmd += ["--eval-every-samples", str(args.eval_every * args.batch), "--json", str(path), "--dtype", args.trl_dtype]
     cmd += [x for s in [f"seed={seed}", *args.set] for x in ("--set", s)]
     log = path.with_suffix(".log")
     began = time.perf_counter()
@@ -90,6 +90,7 @@ def trl_run(preset: str, algo: str, settings: str, seed: int, cap: float, args, 
         "seed": seed,
         "cap_seconds": cap,
         **{k: result[k] for k in ("reached", "curve", "train_seconds", "samples", "start_positive_share", "config")},
+        "dtype": result["dtype"],
         "process_seconds": time.perf_counter() - began,
     }
 
@@ -147,6 +148,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="rollout.batch_size of the family (samples per step)")
     p.add_argument("--trl-cap", type=float, default=2.5, help="TRL's cap: this × rlhflab's best median time")
     p.add_argument("--trl-cap-seconds", type=float, default=None, help="TRL's cap in seconds (instead of --trl-cap)")
+    p.add_argument("--trl-dtype", default="auto", help="auto (what the preset resolves), fp32 or bf16 (TRL's bf16)")
     p.add_argument("--lock", default=None, help="run each child under `flock LOCK` (one heavy run at a time)")
     p.add_argument("--threads", type=int, default=0, help="OMP threads per child (0 = default)")
     p.add_argument("--set", action="append", default=[], help="override for every contender's preset (key=value)")

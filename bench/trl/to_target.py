@@ -40,9 +40,11 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # noqa: E402
 from rlhflab.config import build_config  # noqa: E402
 from rlhflab.data.prompts import read_prompts  # noqa: E402
 from rlhflab.evaluate import judge_verdicts  # noqa: E402
-from rlhflab.models.loading import load_tokenizer, lora_targets  # noqa: E402
+from rlhflab.models.loading import hidden_size, load_tokenizer, lora_targets, resolve_dtype  # noqa: E402
 from rlhflab.rewards import build_reward  # noqa: E402
 from rlhflab.session import extra_prompts, held_out_prompts, resolve_sources, with_extra_prompts  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
 def task(preset: str, overrides: list[str]):
@@ -114,7 +116,7 @@ class HeldOutTarget(TrainerCallback):
             control.should_training_stop = True
 
 
-def trl_config(algo: str, settings: str, cfg, out: Path):
+def trl_config(algo: str, settings: str, cfg, out: Path, bf16: bool):
     r, a, t = cfg.rollout, cfg.algorithm, cfg.train
     common = dict(
         output_dir=str(out),
@@ -124,7 +126,7 @@ def trl_config(algo: str, settings: str, cfg, out: Path):
         report_to="none",
         logging_steps=1,
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,  # TRL's own mixed precision (CPU autocast), on bf16 weights
         seed=cfg.seed,
     )
     if settings == "rlhflab":
@@ -164,6 +166,7 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--eval-every-samples", type=int, default=64)
     p.add_argument("--max-seconds", type=float, default=1800.0, help="training wall-clock cap (eval excluded)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: what the preset resolves")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None)
@@ -173,14 +176,17 @@ def main() -> None:
     cfg, model_dir, train_prompts, eval_prompts = task(args.preset, args.set)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"trl-target-{args.algo}-"))
     tok = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config, trainer_cls = trl_config(args.algo, args.settings, cfg, workdir / "out")
+    dtype = resolve_dtype(args.dtype if args.dtype != "auto" else cfg.model.dtype, CPU, hidden_size(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    config, trainer_cls = trl_config(args.algo, args.settings, cfg, workdir / "out", dtype == torch.bfloat16)
     peft = None
     if args.settings == "rlhflab":
         targets = lora_targets(model, cfg.lora.target_modules, "lora.target_modules")
         peft = LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=targets
         )
+    if cfg.reward.missing_eos_penalty is not None:
+        raise SystemExit("reward.missing_eos_penalty: not mapped onto TRL here; run a preset without it")
     reward = build_reward(cfg.reward)
     counter = {"samples": 0}
 
@@ -190,7 +196,8 @@ def main() -> None:
 
     reward_fn.__name__ = "rlhflab_reward"
     dataset = Dataset.from_dict({"prompt": train_prompts})  # max_steps (or TRL's 3 epochs) repeats it as needed
-    per_generation = config.steps_per_generation * config.num_iterations
+    # optimiser steps per generation batch (TRL counts steps_per_generation in micro-batches)
+    per_generation = config.steps_per_generation // config.gradient_accumulation_steps * config.num_iterations
     every = max(args.eval_every_samples, config.generation_batch_size)
     trainer = trainer_cls(
         model=model, reward_funcs=reward_fn, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft
@@ -230,6 +237,7 @@ def main() -> None:
             )
         },
         "peft": args.settings == "rlhflab",
+        "dtype": str(dtype).removeprefix("torch."),
     }
     print(f"[to-target] result {json.dumps({k: out[k] for k in ('trainer', 'settings', 'reached', 'samples')})}")
     if args.json:
