@@ -36,12 +36,7 @@ def rlhflab_run(preset: str, seed: int, args, out: Path) -> dict:
     sets += ["tracking.progress=false", *args.set]
     cmd = [sys.executable, "-m", "rlhflab.cli", "train", "--preset", preset, "--output-dir", str(run_dir)]
     cmd += ["--overwrite", *[x for s in sets for x in ("--set", s)]]
-    log = run_dir.with_suffix(".log")
-    began = time.perf_counter()
-    with log.open("w") as f:
-        rc = subprocess.run(locked(cmd, args), stdout=f, stderr=subprocess.STDOUT, env=child_env(args)).returncode
-    if rc != 0:
-        raise SystemExit(f"{preset} seed {seed} failed (exit {rc}); see {log}")
+    process_seconds = run_child(cmd, run_dir.with_suffix(".log"), args, f"{preset} seed {seed}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [
         {
@@ -66,7 +61,7 @@ def rlhflab_run(preset: str, seed: int, args, out: Path) -> dict:
         "samples": rows[-1]["step"] * args.batch,
         "start_positive_share": summary["before"]["positive_share"],
         "start_ref_perplexity": summary["before"]["ref_perplexity"],
-        "process_seconds": time.perf_counter() - began,
+        "process_seconds": process_seconds,
     }
 
 
@@ -76,12 +71,7 @@ def trl_run(preset: str, algo: str, settings: str, seed: int, cap: float, args, 
     cmd += ["--settings", settings, "--target", str(args.target), "--max-seconds", f"{cap:.1f}"]
     cmd += ["--eval-every-samples", str(args.eval_every * args.batch), "--json", str(path), "--dtype", args.trl_dtype]
     cmd += [x for s in [f"seed={seed}", *args.set] for x in ("--set", s)]
-    log = path.with_suffix(".log")
-    began = time.perf_counter()
-    with log.open("w") as f:
-        rc = subprocess.run(locked(cmd, args), stdout=f, stderr=subprocess.STDOUT, env=child_env(args)).returncode
-    if rc != 0:
-        raise SystemExit(f"TRL {algo} ({settings}) seed {seed} failed (exit {rc}); see {log}")
+    process_seconds = run_child(cmd, path.with_suffix(".log"), args, f"TRL {algo} ({settings}) seed {seed}")
     result = json.loads(path.read_text())
     return {
         "library": "TRL 1.16",
@@ -91,12 +81,19 @@ def trl_run(preset: str, algo: str, settings: str, seed: int, cap: float, args, 
         "cap_seconds": cap,
         **{k: result[k] for k in ("reached", "curve", "train_seconds", "samples", "start_positive_share", "config")},
         "dtype": result["dtype"],
-        "process_seconds": time.perf_counter() - began,
+        "process_seconds": process_seconds,
     }
 
 
-def locked(cmd: list[str], args) -> list[str]:
-    return ["flock", args.lock, *cmd] if args.lock else cmd
+def run_child(cmd: list[str], log: Path, args, what: str) -> float:
+    """Run one contender (under ``flock --lock`` when given), its output in ``log``; returns its wall seconds."""
+    began = time.perf_counter()
+    cmd = ["flock", args.lock, *cmd] if args.lock else cmd
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(args)).returncode
+    if rc != 0:
+        raise SystemExit(f"{what} failed (exit {rc}); see {log}")
+    return time.perf_counter() - began
 
 
 def child_env(args) -> dict:
