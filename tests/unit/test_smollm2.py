@@ -180,3 +180,14 @@ def test_a_complete_folder_is_reused_and_names_resolve(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHFLAB_HOME", str(tmp_path))
     assert smollm2.resolve_model_name("smollm2-135m") == str(root)
     assert smollm2.resolve_model_name("EleutherAI/pythia-410m-deduped") == "EleutherAI/pythia-410m-deduped"
+
+
+def test_demo_model_auto_takes_smollm2_only_on_bf16_hardware():
+    from rlhflab.cli import build_parser, demo_model
+
+    assert demo_model("auto", has_cuda=False, cpu_bf16=True) == "smollm2"
+    assert demo_model("auto", has_cuda=True, cpu_bf16=False) == "smollm2"
+    assert demo_model("auto", has_cuda=False, cpu_bf16=False) == "tiny"
+    assert demo_model("tiny", has_cuda=True, cpu_bf16=True) == "tiny"
+    assert demo_model("smollm2", has_cuda=False, cpu_bf16=False) == "smollm2"
+    assert build_parser().parse_args(["demo"]).model == "auto"
