@@ -1,8 +1,11 @@
 """Before/after evaluation on held-out prompts: the starting (reference) model vs the trained policy.
 
 Writes ``eval/before.jsonl``, ``eval/after.jsonl`` (prompt, completion, score per line) and ``eval/summary.json``
-(score_mean, positive_share, distinct_1, distinct_2, mean_length, eos_rate, ref_perplexity for each side), and
-prints a table a newcomer can read.
+(score_mean, positive_share, distinct_1, distinct_2, mean_length, eos_rate, ref_perplexity, kl for each side), and
+prints a table a newcomer can read. ``kl`` is the policy's KL from the starting model on its own held-out completions:
+the mean over completions of Σ_t (log π − log π_ref) at the sampling temperature (summed k1, an unbiased estimate of
+the sequence-level KL(π ‖ π_ref), as the training metric ``objective/kl`` on training batches); 0 for the starting
+model itself. DPO samples nothing while training, so this is its only KL.
 
 ``positive_share`` is the verdict of the training reward's first judge (a lexicon, classifier or naive_bayes
 component; :func:`judge_verdicts`), each judge's own as ``positive_share/<name>``: the composite score would count
@@ -48,7 +51,7 @@ def sample_and_judge(
     roles, device = setup.roles, setup.device
     prompts = [p for p in prompts for _ in range(cfg.eval.samples_per_prompt)]
     generator = torch.Generator(device=device).manual_seed(seed)
-    rows, nll_sum, n_tokens, lengths, ended = [], 0.0, 0, [], []
+    rows, nll_sum, n_tokens, lengths, ended, kls = [], 0.0, 0, [], [], []
     batch = cfg.eval.batch_size or cfg.rollout.batch_size
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
@@ -63,13 +66,20 @@ def sample_and_judge(
             )
         scores, _ = reward(chunk, completions)
         with roles.reference_model() as reference:
-            ref_logprobs, _ = response_logprobs(reference, rollout, cfg.rollout.temperature)
+            ref_logprobs, _ = response_logprobs(reference, rollout, cfg.rollout.temperature)  # (b, T)
         mask = rollout.response_mask
+        if use_reference:
+            kls += [0.0] * len(chunk)
+        else:
+            logprobs, _ = response_logprobs(roles.actor(), rollout, cfg.rollout.temperature)  # (b, T)
+            kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()  # summed k1 per completion
         nll_sum -= masked_sum(ref_logprobs, mask).item()
         n_tokens += int(mask.sum().item())
         lengths += mask.sum(1).tolist()
         ended += (is_eos(rollout.response_ids, setup.codec.eos_ids) & mask).any(1).tolist()
         rows += [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(chunk, completions, scores.tolist())]
+    for row, kl in zip(rows, kls):
+        row["kl"] = kl
     scores = [row["score"] for row in rows]
     completions = [row["completion"] for row in rows]
     summary = {
@@ -80,6 +90,7 @@ def sample_and_judge(
         "mean_length": sum(lengths) / len(lengths),
         "eos_rate": sum(ended) / len(ended),
         "ref_perplexity": math.exp(nll_sum / max(n_tokens, 1)),
+        "kl": sum(kls) / len(kls),
         "num_samples": len(rows),
     }
     return rows, summary
@@ -135,38 +146,55 @@ def judge_rows(rows: list[dict], summary: dict, judges: tuple[list, list]) -> No
 
 class HeldOutProbe:
     """eval.every: the policy on the held-out prompts during training, measured exactly as the final evaluation's
-    "after" side (same prompts, seed and judges), as ``eval/<summary key>`` metrics plus ``time/eval``."""
+    "after" side (same prompts, seed and judges), as ``eval/<summary key>`` metrics plus ``time/eval``. The final
+    evaluation reuses the last probe's rows when no update came after it (:meth:`result_at`)."""
 
     def __init__(self, setup, cfg: Config, reward, main_process: bool = True):
         self.setup, self.cfg, self.reward, self.main_process = setup, cfg, reward, main_process
         self.judges = build_eval_judges(cfg) if main_process else ([], [])
+        self.latest: tuple[int, list[dict], dict] | None = None  # (step, rows, summary) of the last probe
 
-    def __call__(self) -> dict[str, float]:
+    def __call__(self, step: int) -> dict[str, float]:
         """{} on the other processes of a sharded model (they only join the sampling passes)."""
         started = time.perf_counter()
         setup, cfg = self.setup, self.cfg
         rows, summary = sample_and_judge(setup, cfg, self.reward, setup.eval_prompts, False, seed=cfg.seed + 7)
+        self.latest = (step, rows, summary)
         if not self.main_process:
             return {}
         judge_rows(rows, summary, self.judges)
         return {**{f"eval/{k}": v for k, v in summary.items()}, "time/eval": time.perf_counter() - started}
 
+    def result_at(self, step: int) -> tuple[list[dict], dict] | None:
+        """The rows and summary of the probe taken after ``step``'s update, if the last probe was that one."""
+        return self.latest[1:] if self.latest is not None and self.latest[0] == step else None
 
-def evaluate_run(run_dir: Path, cfg: Config, setup, reward, main_process: bool = True) -> dict:
+
+def evaluate_run(
+    run_dir: Path, cfg: Config, setup, reward, main_process: bool = True, after: tuple[list[dict], dict] | None = None
+) -> dict:
     """Evaluate the reference model and the trained policy of a loaded setup; write and print the results.
 
+    ``after``: the policy's side already measured (rows and summary judged, from :class:`HeldOutProbe` after the
+    last update), which is then not sampled again.
     ``main_process=False`` (the other processes of a model sharded with FSDP, whose every forward needs all of
     them): run the same sampling passes, then return ``{}`` without judging further, writing or printing."""
     prompts = setup.eval_prompts
     if main_process:
         print(f"evaluating the starting model and the trained policy on {len(prompts)} held-out prompts ...")
     before, before_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=True, seed=cfg.seed + 7)
-    after, after_summary = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
+    to_judge = [(before, before_summary)]
+    if after is None:
+        after = sample_and_judge(setup, cfg, reward, prompts, use_reference=False, seed=cfg.seed + 7)
+        to_judge.append(after)
+    elif main_process:  # the last probe measured this very policy with the same prompts, seed and judges
+        print("(the trained policy's side is the held-out evaluation eval.every took after the last step)")
     if not main_process:
         return {}
     judges = build_eval_judges(cfg)
-    for rows, side_summary in ((before, before_summary), (after, after_summary)):
+    for rows, side_summary in to_judge:
         judge_rows(rows, side_summary, judges)
+    after, after_summary = after
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("before", before), ("after", after)):

@@ -254,7 +254,7 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
             same_everywhere = {"step", "objective/kl_coef", "lr", *update_stats, *adv_stats}
             metrics = reduce_metrics(metrics, dist, mask.sum().item(), same_everywhere)
             if probe is not None and step % cfg.eval.every == 0:  # after this step's update; not in time/step
-                metrics.update(probe())
+                metrics.update(probe(step))
                 eval_seconds += metrics.get("time/eval", 0.0)
             target = cfg.eval.stop_share
             reached = dist.any(target is not None and metrics.get("eval/positive_share", -1.0) >= target)
@@ -293,7 +293,8 @@ def _train(cfg: Config, dist: Dist, overwrite: bool, resume: bool, hooks: LoopHo
     if cfg.eval.enabled and (dist.is_main or roles.sharded):  # a sharded model's forwards need every process
         from rlhflab.evaluate import evaluate_run
 
-        evaluate_run(run_dir, cfg, setup, reward, main_process=dist.is_main)
+        last = probe.result_at(step) if probe is not None and start_step < t.steps else None  # no re-sampling
+        evaluate_run(run_dir, cfg, setup, reward, main_process=dist.is_main, after=last)
     if not dist.is_main:
         return run_dir
     from rlhflab.report import write_outputs

@@ -20,7 +20,7 @@ def run(tiny_model_dir, prompts_file, out, *sets, steps=4):
 
 
 def test_periodic_eval_logs_the_final_evals_numbers_and_leaves_training_unchanged(
-    tiny_model_dir, prompts_file, tmp_path
+    tiny_model_dir, prompts_file, tmp_path, capsys
 ):
     plain = run(tiny_model_dir, prompts_file, tmp_path / "plain")
     probed = run(tiny_model_dir, prompts_file, tmp_path / "probed", "eval.every=2")
@@ -32,11 +32,17 @@ def test_periodic_eval_logs_the_final_evals_numbers_and_leaves_training_unchange
     # time/elapsed: the loop's wall-clock without the evaluations; it holds every step's time/step
     for i, row in enumerate(probed):
         assert row["time/elapsed"] >= sum(r["time/step"] for r in probed[: i + 1])
-    # at the last step the probe measured the very policy, prompts and seed of the final evaluation's "after"
-    after = json.loads((tmp_path / "probed" / "eval" / "summary.json").read_text())["after"]
+    # the final evaluation took its "after" side from the probe after the last step, not sampling it again ...
+    assert "eval.every took after the last step" in capsys.readouterr().out
+    summary_path = tmp_path / "probed" / "eval" / "summary.json"
+    assert json.loads(summary_path.read_text())["after"]["kl"] == probed[-1]["eval/kl"]
+    # ... which is what an evaluation from scratch measures: the very policy, prompts, seed and judges
+    assert main(["eval", "--run", str(tmp_path / "probed")]) == 0
+    after = json.loads(summary_path.read_text())["after"]
     for key in ("positive_share", "score_mean", "distinct_2", "mean_length"):
         assert probed[-1][f"eval/{key}"] == pytest.approx(after[key], abs=1e-12), key
-    assert probed[-1]["eval/ref_perplexity"] == pytest.approx(after["ref_perplexity"], rel=1e-5)
+    for key in ("ref_perplexity", "kl"):
+        assert probed[-1][f"eval/{key}"] == pytest.approx(after[key], rel=1e-5, abs=1e-6), key
     assert (tmp_path / "probed" / "plots" / "held_out.png").is_file()
     assert not (tmp_path / "plain" / "plots" / "held_out.png").exists()
 

@@ -77,3 +77,48 @@ def test_a_prompt_listed_in_eval_prompts_and_the_eval_file_is_evaluated_once(tmp
     cfg = build_config(preset="smollm2-grpo")
     prompts = held_out_prompts(cfg, ["a training prompt"], str(eval_file))
     assert prompts[:4] == cfg.eval.prompts and sorted(prompts) == sorted(EVAL_OPENINGS)
+
+
+def test_held_out_kl_is_zero_at_the_start_and_the_summed_k1_of_each_completion_by_hand(tiny_model_dir, prompts_file):
+    """summary["kl"] (and each row's "kl"): Σ_t (log π − log π_ref) at the sampling temperature over the completion's
+    own tokens, averaged; 0 while LoRA's B is 0 (the policy is the reference) and 0 on the reference side."""
+    import torch
+
+    from rlhflab.evaluate import sample_and_judge
+    from rlhflab.rollout import sample_rollout
+    from rlhflab.session import load_setup
+
+    sets = [f"model.name={tiny_model_dir}", "model.device=cpu", "data.source=file", f"data.prompts_file={prompts_file}"]
+    sets += ["eval.judges=[]", "rollout.temperature=0.7", "rollout.max_new_tokens=6", "eval.samples_per_prompt=3"]
+    cfg = build_config(preset="demo-ppo", overrides=sets)
+    setup = load_setup(cfg, with_critic=False)
+    roles, prompts = setup.roles, ["the movie was"]
+    _, start = sample_and_judge(setup, cfg, setup.reward, prompts, use_reference=False, seed=5)
+    assert abs(start["kl"]) < 1e-5  # LoRA B = 0: the policy is the reference
+    with torch.no_grad():
+        for name, param in roles.policy.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    rows, moved = sample_and_judge(setup, cfg, setup.reward, prompts, use_reference=False, seed=5)
+    _, reference_side = sample_and_judge(setup, cfg, setup.reward, prompts, use_reference=True, seed=5)
+    assert reference_side["kl"] == 0.0
+
+    with torch.no_grad():  # the same completions again (same seed), their log-ratio by hand
+        rollout, completions = sample_rollout(
+            roles.actor(), setup.codec, prompts * 3, cfg, torch.Generator().manual_seed(5), setup.device
+        )
+        assert completions == [r["completion"] for r in rows]
+        ids = torch.cat([rollout.prompt_ids, rollout.response_ids], 1)  # (3, P + T), one prompt: no left padding
+        p, mask = rollout.prompt_ids.shape[1], rollout.response_mask
+
+        def summed_logprobs(model):  # full-vocabulary log-softmax of the logits at temperature 0.7
+            logits = model(input_ids=ids).logits[:, p - 1 : -1].float() / 0.7  # (3, T, V)
+            taken = torch.log_softmax(logits, -1).gather(-1, rollout.response_ids[..., None])[..., 0]  # (3, T)
+            return (taken * mask).sum(1)
+
+        expected = summed_logprobs(roles.actor())
+        with roles.reference_model() as reference:
+            expected = expected - summed_logprobs(reference)  # (3,)
+    assert expected.abs().max() > 1e-3  # the policy moved
+    assert [r["kl"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert moved["kl"] == pytest.approx(expected.mean().item(), abs=1e-4)

@@ -1,19 +1,18 @@
 """What a comparison measures on a finished run beyond its own evaluation, the same way for every algorithm.
 
-``python -m rlhflab.compare.heldout --run DIR --judge JSON`` loads the run (its config.yaml and final/ adapter) and
-writes ``DIR/eval/heldout.json``:
+``python -m rlhflab.compare.heldout --run DIR --judge JSON`` reads the run's evaluation and writes
+``DIR/eval/heldout.json``:
 
-- ``kl``: the trained policy's KL from the starting model on its own held-out completions. The evaluation's
-  sampling is repeated (the same prompts × ``eval.samples_per_prompt``, the same seed: the completions of
-  ``eval/after.jsonl``, ``same_completions`` says what share came out identical) and each completion's
-  Σ_t (log π − log π_ref) at the rollout temperature is taken (summed k1 per completion, an unbiased estimate of
-  the sequence-level KL(π ‖ π_ref); the training metric ``objective/kl`` is the same estimate on training
-  batches). DPO samples nothing while training, so this is its only KL; for the online algorithms it stands
-  beside the training one.
+- ``kl``: the trained policy's KL from the starting model on its own held-out completions, as the evaluation measured
+  it (``eval/summary.json``'s ``after.kl``: summed k1 per completion at the sampling temperature, averaged; see
+  :mod:`rlhflab.evaluate`). DPO samples nothing while training, so this is its only KL; for the online algorithms
+  it stands beside the training one.
 - ``before`` / ``after``: ``eval/before.jsonl`` and ``eval/after.jsonl`` scored again by the comparison's judge
   (``--judge``: the reward section that the judge-trained presets share): ``score_mean`` and ``positive_share``
   (the first judge component's verdict, as in :func:`rlhflab.evaluate.evaluate_run`). PPO against a learned reward
   model is evaluated with that model as its score; here it is scored by the judge of the others.
+
+No model is loaded: the judges read the evaluation's text.
 """
 
 from __future__ import annotations
@@ -24,45 +23,23 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from rlhflab.compare.record import HELDOUT_FILE
 from rlhflab.config import Config, RewardConfig, from_dict, load_config
 from rlhflab.errors import UserError
-from rlhflab.evaluate import find_weights, judge_verdicts, verdict_shares
-from rlhflab.models.forward import response_logprobs
-from rlhflab.ops import masked_sum
+from rlhflab.evaluate import judge_verdicts, verdict_shares
 from rlhflab.reporting.rundir import read_jsonl
 from rlhflab.rewards.base import build_reward
-from rlhflab.rollout import sample_rollout
-from rlhflab.session import load_setup
 
 
-@torch.no_grad()
-def sequence_kl(roles, rollout, temperature: float) -> torch.Tensor:
-    """Σ_t (log π − log π_ref) (B,) over each completion's tokens (summed k1) at the sampling temperature."""
-    logprobs, _ = response_logprobs(roles.actor(), rollout, temperature)  # (B, T)
-    with roles.reference_model() as reference:
-        ref_logprobs, _ = response_logprobs(reference, rollout, temperature)  # (B, T)
-    return masked_sum(logprobs - ref_logprobs, rollout.response_mask, dim=1)  # (B,)
-
-
-@torch.no_grad()
-def policy_kl(setup, cfg: Config) -> tuple[list[float], list[str]]:
-    """Summed k1 (log π − log π_ref) of each held-out completion sampled from the policy, and the completions."""
-    roles, device = setup.roles, setup.device
-    prompts = [p for p in setup.eval_prompts for _ in range(cfg.eval.samples_per_prompt)]
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 7)  # evaluate_run's: the same completions
-    batch = cfg.eval.batch_size or cfg.rollout.batch_size
-    kls, texts = [], []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        rollout, completions = sample_rollout(
-            roles.actor(), setup.codec, chunk, cfg, generator, device, roles.stop_together
-        )
-        kls += sequence_kl(roles, rollout, cfg.rollout.temperature).tolist()
-        texts += completions
-    return kls, texts
+def completion_kl(rows: list[dict]) -> dict | None:
+    """Mean and standard deviation over the evaluated completions of their summed k1 (``kl`` of each row of
+    eval/after.jsonl); None for an evaluation written before rlhflab measured it."""
+    kls = [r["kl"] for r in rows if "kl" in r]
+    if len(kls) != len(rows):
+        return None
+    mean = sum(kls) / len(kls)
+    std = math.sqrt(sum((k - mean) ** 2 for k in kls) / max(len(kls) - 1, 1))
+    return {"mean": mean, "std": std, "num_samples": len(kls)}
 
 
 def judge_side(rows: list[dict], judge: RewardConfig, cfg: Config) -> dict:
@@ -91,20 +68,15 @@ def measure(run_dir: Path, judge_dict: dict) -> dict:
     sides = {side: read_jsonl(run_dir / "eval" / f"{side}.jsonl") for side in ("before", "after")}
     if not all(sides.values()):
         raise UserError(f"--run: {run_dir} has no evaluation (eval/before.jsonl, eval/after.jsonl) to score")
-    setup = load_setup(cfg, with_critic=False)
-    setup.roles.load(find_weights(run_dir))
-    kls, texts = policy_kl(setup, cfg)
-    mean = sum(kls) / len(kls)
-    std = math.sqrt(sum((k - mean) ** 2 for k in kls) / max(len(kls) - 1, 1))
-    same = sum(t == r["completion"] for t, r in zip(texts, sides["after"])) / len(sides["after"])
-    out = {
-        "judge": judge_dict,
-        "kl": {"mean": mean, "std": std, "num_samples": len(kls), "same_completions": same},
-        **{side: judge_side(rows, judge, cfg) for side, rows in sides.items()},
-    }
+    kl = completion_kl(sides["after"])
+    if kl is None:
+        raise UserError(
+            f"--run: {run_dir}'s evaluation has no per-completion KL: evaluate it again (rlhflab eval --run)"
+        )
+    out = {"judge": judge_dict, "kl": kl, **{side: judge_side(rows, judge, cfg) for side, rows in sides.items()}}
     (run_dir / "eval" / HELDOUT_FILE).write_text(json.dumps(out, indent=2) + "\n")
     print(
-        f"held-out KL {mean:.3f} nats (± {std:.3f} over {len(kls)} completions, {same:.0%} the evaluation's own); "
+        f"held-out KL {kl['mean']:.3f} nats (± {kl['std']:.3f} over {kl['num_samples']} completions); "
         f"judge score {out['before']['score_mean']:+.3f} -> {out['after']['score_mean']:+.3f}"
     )
     return out

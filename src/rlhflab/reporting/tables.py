@@ -26,6 +26,7 @@ def summary_rows(threshold, side: dict) -> list[tuple[str, str, str]]:
         ("mean length (tokens)", "mean_length", "{:.1f}"),
         ("ended with EOS", "eos_rate", "{:.0%}"),
         ("perplexity under the starting model", "ref_perplexity", "{:.2f}"),
+        ("KL from the starting model (nats)", "kl", "{:.2f}"),
     ]
 
 
