@@ -235,7 +235,8 @@ def format_summary(summary: dict, threshold: float) -> str:
     b, a = summary["before"], summary["after"]
     lines = ["", f"{'':<40} {'before':>10} {'after':>10}"]
     for label, key, fmt in summary_rows(threshold, b):
-        lines.append(f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}")
+        if key in b and key in a:  # an evaluation written by an older rlhflab may lack a row
+            lines.append(f"{label:<40} {fmt.format(b[key]):>10} {fmt.format(a[key]):>10}")
     return "\n".join(lines)
 
 
