@@ -118,6 +118,45 @@ def test_one_backward_gives_the_gradient_of_policy_plus_vf_coef_times_value(tiny
     assert any(moved), "the value loss reaches the policy's LoRA weights"
 
 
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+def test_shared_grad_false_keeps_the_value_loss_out_of_the_policy_lora(tiny_model_dir, prompts_file, granularity):
+    """critic.shared_grad: false — the same one forward and one backward, but the value head reads the hidden states
+    detached: the policy's LoRA gets exactly the policy loss's gradient, the value head vf_coef · the value loss's."""
+    extra = (f"critic.granularity={granularity}", "algorithm.vf_coef=0.3", "critic.shared_grad=false")
+    cfg, setup = shared_setup(tiny_model_dir, prompts_file, *extra)
+    rollout, params = scored_rollout(setup, cfg)
+    roles, a, tokens, rows = setup.roles, cfg.algorithm, rollout.response_mask.sum(), len(rollout)
+    ppo_micro_step(roles, rollout, cfg, tokens, rows, 0.05)
+    detached = _grads(params)
+    for p in params:
+        p.grad = None
+
+    logprobs, _ = response_logprobs(roles.actor(), rollout, 1.0)
+    advantages = rollout.advantages if granularity == "token" else rollout.advantages[:, 0]
+    loss_pi, _ = ppo_policy_loss(logprobs, rollout.logprobs, advantages, rollout.response_mask, a.clip_eps)
+    loss_pi.backward()
+    with torch.no_grad():
+        with captured_hidden(roles.actor()) as hidden:
+            response_logprobs(roles.actor(), rollout, 1.0)
+    values = roles.values_from_hidden(hidden[0], rollout, granularity)  # grad reaches the head only
+    value_tokens = tokens if granularity == "token" else rows
+    loss_v, _ = value_loss(
+        values,
+        rollout.values,
+        rollout.returns,
+        value_mask(rollout, granularity),
+        a.clip_eps_value,
+        num_tokens=value_tokens,
+        num_seqs=rows,
+    )
+    (0.3 * loss_v).backward()
+    reference = _grads(params)
+    lora = sum(1 for n, _ in roles.policy.named_parameters() if "lora_" in n)
+    assert all(g.abs().sum() > 0 for g in detached[lora:]), "the value head still learns"
+    for d, r in zip(detached, reference):
+        torch.testing.assert_close(d, r, atol=1e-6, rtol=1e-5)
+
+
 def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, prompts_file, tmp_path):
     """`rlhflab train` with critic.backbone=shared: values are learned (value loss logged), final/ holds the policy
     adapter and the value head only, and a run resumed from its step-1 checkpoint ends with the same weights."""

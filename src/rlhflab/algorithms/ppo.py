@@ -60,7 +60,8 @@ def ppo_micro_step(
     token / sequence counts, so accumulation equals one big batch; under data parallelism, the global minibatch's
     counts). A critic adapter of its own: two forwards and two backwards, each before the other adapter is
     activated; a shared trunk (``critic.backbone: shared``): the value head reads the policy pass's hidden states and
-    one backward takes ``policy + vf_coef · value``. ``kl_coef`` is unused: PPO's β is already in the rewards behind
+    one backward takes ``policy + vf_coef · value`` (with ``critic.shared_grad: false`` the hidden states are detached,
+    so the value loss trains the head alone). ``kl_coef`` is unused: PPO's β is already in the rewards behind
     the advantages. Returns detached stats."""
     a, max_len = cfg.algorithm, cfg.rollout.max_new_tokens  # seq_sum_constant's L: the generation budget
     mask, granularity = micro.response_mask, cfg.critic.granularity
@@ -81,7 +82,8 @@ def ppo_micro_step(
         max_len=max_len,
     )
     if roles.shared_trunk:
-        values = roles.values_from_hidden(hidden[-1], micro, granularity)  # (b, T) | (b, 1)
+        trunk = hidden[-1] if cfg.critic.shared_grad else hidden[-1].detach()  # (b, P + T, H); detached: head only
+        values = roles.values_from_hidden(trunk, micro, granularity)  # (b, T) | (b, 1)
     else:
         policy_loss.backward()  # before values() activates the critic adapter
         values = roles.values(micro, granularity)  # (b, T) | (b, 1)

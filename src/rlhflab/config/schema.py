@@ -46,7 +46,11 @@ class CriticConfig:
     backbone: Literal["separate", "shared"] = "separate"
     """separate: the value head reads a critic LoRA adapter of its own (critic.r, alpha, target_modules); shared: it
     reads the policy adapter's hidden states, so one forward and one backward serve the policy and value losses
-    (loss = policy + vf_coef * value; the value loss also trains the policy's LoRA)."""
+    (loss = policy + vf_coef * value; the value loss also trains the policy's LoRA unless critic.shared_grad: false)."""
+    shared_grad: bool = True
+    """critic.backbone shared: the value loss back-propagates into the policy's LoRA (true), or the value head reads the
+    policy pass's hidden states detached (false): still one forward and one backward, but only the head learns from the
+    value loss and the policy's LoRA gets the policy loss's gradient alone."""
     r: int = 16
     """LoRA rank of the critic adapter."""
     alpha: int = 32
