@@ -110,7 +110,8 @@ def test_two_ppo_steps_through_the_cli(tiny_model_dir, prompts_file, tmp_path, e
         ):
             assert math.isfinite(summary[side][key])
     rows = [json.loads(line) for line in (out / "eval" / "after.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and set(rows[0]) == {"prompt", "completion", "score", "judge/chars"}
+    assert len(rows) == 4 and set(rows[0]) == {"prompt", "completion", "score", "judge/chars", "kl"}
+    assert all(math.isfinite(row["kl"]) for row in rows)
 
     # sample tables at the first and the last step (tracking.samples_every = 10 > 2 steps), shown in the report
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
