@@ -61,6 +61,7 @@ def test_overrides_are_typed():
         ("rollout.samples_per_prompt=3", "divisible by rollout.samples_per_prompt (3)"),
         ("train.lr=-1", "train.lr: must be > 0"),
         ("model.roles=both", "choose one of shared, separate"),
+        ("critic.head=conv", "critic.head: 'conv' is not valid; choose one of linear, mlp"),
         ("train.scoring_batch_size=0", "train.scoring_batch_size: must be a positive integer"),
         ("train.activation_checkpointing=some", "'some' is not valid; choose one of none, selective"),
         ("train.activation_checkpointing=full,distributed.fsdp=true", "together with distributed.fsdp"),

@@ -185,3 +185,12 @@ def test_smollm2_names_its_hub_repo_as_base_model():
     from rlhflab.modelcard import base_model_id
 
     assert base_model_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_card_names_the_value_head(tmp_path):
+    from rlhflab.reporting.model_card import architecture_lines
+
+    (tmp_path / "value_head.safetensors").write_bytes(b"\0")
+    for head, words in [(None, "a linear value head"), ("mlp", "an MLP (Linear → GELU → Linear) value head")]:
+        cfg = {"critic": {"head": head} if head else {}}
+        assert any(words in line for line in architecture_lines(cfg, tmp_path, "demo"))

@@ -13,6 +13,7 @@ from test_rollout import PROMPTS, _grads, make_cfg
 from rlhflab.algorithms.losses import ppo_policy_loss, value_loss
 from rlhflab.algorithms.ppo import ppo_advantages, ppo_micro_step, value_mask
 from rlhflab.cli import main
+from rlhflab.errors import UserError
 from rlhflab.models.forward import captured_hidden, response_logprobs
 from rlhflab.rollout import sample_rollout, score_rollout
 from rlhflab.session import load_setup
@@ -72,8 +73,9 @@ def test_values_from_the_policy_pass_equal_a_forward_of_their_own(
     torch.testing.assert_close(rollout.values, own_forward, atol=1e-6, rtol=0)
 
 
-def test_scoring_pass_values_start_at_zero_and_kl_at_zero(tiny_model_dir, prompts_file):
-    cfg, setup = shared_setup(tiny_model_dir, prompts_file)
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_scoring_pass_values_start_at_zero_and_kl_at_zero(tiny_model_dir, prompts_file, head):
+    cfg, setup = shared_setup(tiny_model_dir, prompts_file, f"critic.head={head}")
     g = torch.Generator().manual_seed(0)
     rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
     scored, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8)), cfg)
@@ -82,14 +84,17 @@ def test_scoring_pass_values_start_at_zero_and_kl_at_zero(tiny_model_dir, prompt
     assert torch.equal(scored.logprobs[mask], scored.ref_logprobs[mask])
 
 
+@pytest.mark.parametrize("head", ["linear", "mlp"])
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
-def test_one_backward_gives_the_gradient_of_policy_plus_vf_coef_times_value(tiny_model_dir, prompts_file, granularity):
+def test_one_backward_gives_the_gradient_of_policy_plus_vf_coef_times_value(
+    tiny_model_dir, prompts_file, granularity, head
+):
     """The micro-step's gradient against a plain reference: the policy loss from one forward, the value loss from a
     second, separate forward of the same (policy) adapter, ``(policy + vf_coef · value).backward()``. The value loss
-    also moves the policy's LoRA weights (what sharing the trunk means)."""
-    cfg, setup = shared_setup(
-        tiny_model_dir, prompts_file, f"critic.granularity={granularity}", "algorithm.vf_coef=0.3"
-    )
+    also moves the policy's LoRA weights (what sharing the trunk means). With critic.head mlp every layer of the head
+    gets its gradient too."""
+    extra = (f"critic.granularity={granularity}", "algorithm.vf_coef=0.3", f"critic.head={head}")
+    cfg, setup = shared_setup(tiny_model_dir, prompts_file, *extra)
     rollout, params = scored_rollout(setup, cfg)
     roles, a, tokens, rows = setup.roles, cfg.algorithm, rollout.response_mask.sum(), len(rollout)
     ppo_micro_step(roles, rollout, cfg, tokens, rows, 0.05)
@@ -118,11 +123,17 @@ def test_one_backward_gives_the_gradient_of_policy_plus_vf_coef_times_value(tiny
     assert any(moved), "the value loss reaches the policy's LoRA weights"
 
 
+@pytest.mark.parametrize("head", ["linear", "mlp"])
 @pytest.mark.parametrize("granularity", ["token", "sequence"])
-def test_shared_grad_false_keeps_the_value_loss_out_of_the_policy_lora(tiny_model_dir, prompts_file, granularity):
+def test_shared_grad_false_keeps_the_value_loss_out_of_the_policy_lora(tiny_model_dir, prompts_file, granularity, head):
     """critic.shared_grad: false — the same one forward and one backward, but the value head reads the hidden states
     detached: the policy's LoRA gets exactly the policy loss's gradient, the value head vf_coef · the value loss's."""
-    extra = (f"critic.granularity={granularity}", "algorithm.vf_coef=0.3", "critic.shared_grad=false")
+    extra = (
+        f"critic.granularity={granularity}",
+        "algorithm.vf_coef=0.3",
+        "critic.shared_grad=false",
+        f"critic.head={head}",
+    )
     cfg, setup = shared_setup(tiny_model_dir, prompts_file, *extra)
     rollout, params = scored_rollout(setup, cfg)
     roles, a, tokens, rows = setup.roles, cfg.algorithm, rollout.response_mask.sum(), len(rollout)
@@ -157,12 +168,15 @@ def test_shared_grad_false_keeps_the_value_loss_out_of_the_policy_lora(tiny_mode
         torch.testing.assert_close(d, r, atol=1e-6, rtol=1e-5)
 
 
-def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, prompts_file, tmp_path):
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, prompts_file, tmp_path, head):
     """`rlhflab train` with critic.backbone=shared: values are learned (value loss logged), final/ holds the policy
-    adapter and the value head only, and a run resumed from its step-1 checkpoint ends with the same weights."""
+    adapter and the value head only, and a run resumed from its step-1 checkpoint ends with the same weights (the mlp
+    head's too: resume restores it from the checkpoint's value_head.safetensors)."""
     from safetensors.torch import load_file
 
     extra = ["--set", "critic.backbone=shared", "--set", "checkpoint.every=1", "--set", "eval.enabled=false"]
+    extra += ["--set", f"critic.head={head}"]
     full = tmp_path / "full"
     assert main(train_argv(tiny_model_dir, prompts_file, full, *extra, steps=2, batch=4, micro=2)) == 0
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -177,3 +191,42 @@ def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, 
     for name in ("adapter_model.safetensors", "value_head.safetensors"):
         a, b = load_file(str(full / "final" / name)), load_file(str(resumed / "final" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    keys = {"weight", "bias"} if head == "linear" else {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert set(load_file(str(full / "final" / "value_head.safetensors"))) == keys
+
+
+@pytest.mark.parametrize("backbone", ["shared", "separate"])
+def test_the_mlp_head_starts_at_zero_and_round_trips_through_save_and_load(
+    tiny_model_dir, prompts_file, tmp_path, backbone
+):
+    """critic.head: mlp on either backbone — Linear(H, H) → GELU → Linear(H, 1) in fp32, the last layer zero: step-0
+    values are exactly 0. Moved off zero, saved and loaded into a fresh setup, it gives bit-identical values; a linear
+    head's config refuses the file in one line naming critic.head."""
+    extra = (f"critic.backbone={backbone}", "critic.head=mlp")
+    cfg = make_cfg(tiny_model_dir, prompts_file, *extra)
+    torch.manual_seed(0)
+    setup = load_setup(cfg)
+    head = setup.roles.value_head
+    assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    assert all(p.dtype == torch.float32 for p in head.parameters())
+    assert head[0].weight.shape == (head[0].in_features, head[0].in_features)
+    assert head[0].weight.abs().sum() > 0 and not head[2].weight.any() and not head[2].bias.any()
+    g = torch.Generator().manual_seed(0)
+    rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
+    with torch.no_grad():
+        assert torch.equal(setup.roles.values(rollout), torch.zeros(rollout.response_ids.shape))
+    rollout, params = scored_rollout(setup, cfg)
+    with torch.no_grad():
+        before = setup.roles.values(rollout)
+    assert before.abs().sum() > 0
+    setup.roles.save(tmp_path / "saved")
+
+    torch.manual_seed(1)  # another initialisation: every number below comes from the files
+    fresh = load_setup(cfg)
+    with torch.no_grad():
+        assert not torch.equal(fresh.roles.values(rollout), before)
+        fresh.roles.load(tmp_path / "saved")
+        assert torch.equal(fresh.roles.values(rollout), before)
+    linear = load_setup(make_cfg(tiny_model_dir, prompts_file, f"critic.backbone={backbone}"))
+    with pytest.raises(UserError, match="critic.head: .* holds a mlp value head, .*; set critic.head: mlp$"):
+        linear.roles.load(tmp_path / "saved")

@@ -51,6 +51,9 @@ class CriticConfig:
     """critic.backbone shared: the value loss back-propagates into the policy's LoRA (true), or the value head reads the
     policy pass's hidden states detached (false): still one forward and one backward, but only the head learns from the
     value loss and the policy's LoRA gets the policy loss's gradient alone."""
+    head: Literal["linear", "mlp"] = "linear"
+    """The value head on the critic's last hidden state (H wide), fp32, its last layer zero-initialised (values start
+    at 0): linear, one Linear(H, 1); mlp, Linear(H, H) -> GELU -> Linear(H, 1), features of its own."""
     r: int = 16
     """LoRA rank of the critic adapter."""
     alpha: int = 32

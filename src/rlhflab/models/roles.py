@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from rlhflab.batch import Rollout
 from rlhflab.config import Config
 from rlhflab.distributed import Dist, shard_model
+from rlhflab.errors import UserError
 from rlhflab.fastpaths import add_lora_in_place, plain_lm_head, use_logits_path
 from rlhflab.models.forward import captured_hidden, keep_positions, position_ids
 from rlhflab.models.loading import backbone, checkpoint_activations, compile_blocks, lora_config, lora_targets
@@ -52,6 +53,22 @@ def value_head_width(base: torch.nn.Module) -> int:
         return weight.shape[-1]  # (vocab, hidden) for nn.Linear
     config = getattr(base.config, "text_config", None) or base.config
     return config.hidden_size
+
+
+def make_value_head(hidden: int, kind: str, device: torch.device) -> torch.nn.Module:
+    """The critic's value head, fp32, on hidden states (..., ``hidden``) → values (..., 1); its last layer is
+    zero-initialised, so values start at exactly 0 (DESIGN §3.10). ``linear``: one ``Linear(hidden, 1)``; ``mlp``:
+    ``Linear(hidden, hidden)`` → GELU → ``Linear(hidden, 1)``, features of its own on the trunk (``critic.head``)."""
+    if kind == "mlp":
+        last = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
+        head = torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden, device=device, dtype=torch.float32), torch.nn.GELU(), last
+        )
+    else:
+        head = last = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    return head
 
 
 class Roles:
@@ -80,7 +97,7 @@ class Roles:
         )
         self.critic: PeftModel | None = None  # the model whose hidden states the value head reads
         self.critic_adapter = POLICY if self.shared_trunk else CRITIC
-        self.value_head: torch.nn.Linear | None = None
+        self.value_head: torch.nn.Module | None = None
         if with_critic:
             if own_critic:
                 critic_lora = lora_config(cfg.critic.r, cfg.critic.alpha, lora.dropout, critic_targets)
@@ -90,12 +107,8 @@ class Roles:
                 if own_critic:
                     self.policy.add_adapter(CRITIC, critic_lora)
                 self.critic = self.policy
-            hidden = value_head_width(base)
             device = next(base.parameters()).device
-            # fp32 head, zero-initialised: values start at exactly 0 (DESIGN §3.10)
-            self.value_head = torch.nn.Linear(hidden, 1, device=device, dtype=torch.float32)
-            torch.nn.init.zeros_(self.value_head.weight)
-            torch.nn.init.zeros_(self.value_head.bias)
+            self.value_head = make_value_head(value_head_width(base), cfg.critic.head, device)
         fast = cfg.fast_paths
         for model in (self.policy, self.reference):  # probe the LM heads now, not in a timed or checkpointed pass
             if model is not None:
@@ -228,5 +241,12 @@ class Roles:
                 adapter_name=CRITIC,
             )
         if self.value_head is not None:
-            self.value_head.load_state_dict(load_file(str(directory / "value_head.safetensors")))
+            state = load_file(str(directory / "value_head.safetensors"))
+            if state.keys() != self.value_head.state_dict().keys():
+                kind = "linear" if state.keys() == {"weight", "bias"} else "mlp"
+                raise UserError(
+                    f"critic.head: {directory / 'value_head.safetensors'} holds a {kind} value head, this config "
+                    f"builds {'a linear' if kind == 'mlp' else 'an mlp'} one; set critic.head: {kind}"
+                )
+            self.value_head.load_state_dict(state)
         self.policy.set_adapter(POLICY)

@@ -149,10 +149,11 @@ def architecture_lines(cfg: dict, final: Path, model_name: str) -> list[str]:
         f"- **Reference**: {start} (adapters disabled); the KL penalty kept the policy close to it.",
     ]
     if (final / "critic").is_dir() or (final / "value_head.safetensors").is_file():
+        head = "an MLP (Linear → GELU → Linear) value head" if critic.get("head") == "mlp" else "a linear value head"
         lines.append(
             f"- **Critic** (`critic/` + `value_head.safetensors`): a second LoRA adapter (r={critic.get('r', '?')}"
-            f" on {format_value(adapter_targets(final / 'critic') or critic.get('target_modules', []))}) and a"
-            " linear value head on the last hidden"
+            f" on {format_value(adapter_targets(final / 'critic') or critic.get('target_modules', []))}) and"
+            f" {head} on the last hidden"
             f" state ({critic.get('granularity', 'token')}-level values). Needed only to continue PPO training."
         )
     lines.append(f"- **Judge** (not included): the reward was the weighted sum {describe_rewards(cfg, '; ')}.")
