@@ -80,7 +80,7 @@ def test_demo_negative_openings_are_negative_and_never_held_out(tiny_model_dir, 
     from rlhflab.data.demo import NEGATIVE_OPENINGS
     from rlhflab.session import load_setup
 
-    assert len(set(NEGATIVE_OPENINGS)) == len(NEGATIVE_OPENINGS) == 42
+    assert len(set(NEGATIVE_OPENINGS)) == len(NEGATIVE_OPENINGS) == 56
     assert not [p for p in NEGATIVE_OPENINGS if _clashes_with_eval(p) or "worst" in p.lower()]
     vader = SentimentIntensityAnalyzer()
     compound = [vader.polarity_scores(p)["compound"] for p in NEGATIVE_OPENINGS]

@@ -62,6 +62,22 @@ NEGATIVE_OPENINGS: tuple[str, ...] = (
     "The sequel is even worse",
     "Avoid this one:",
     "A dull, lifeless",
+    # negative superlatives opening "This is the ...": the instruct model reads them as set phrases and answers in
+    # kind ("the most boring part of the job is ..."), which VADER calls neutral, unless trained on them
+    "This is the most boring",
+    "This is the weakest",
+    "This is the silliest",
+    "This is the dumbest",
+    "This is by far the most tedious",
+    "This must be the least funny",
+    "This has to be the most pointless",
+    "Hands down the most annoying",
+    "Without a doubt the most forgettable",
+    "It is the stupidest",
+    "Quite possibly the ugliest",
+    "This is the lamest",
+    "Of all the films this year, the poorest",
+    "This is the most disappointing",
 )
 """``data.extra_prompts: demo-negative``: hand-written negative openings (complaints, negative superlatives) for
 training a real model, which the corpus's openings rarely are (it writes "I watched ...", "This film was ...").
