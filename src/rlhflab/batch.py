@@ -23,6 +23,7 @@ class Rollout:
     logprobs: torch.Tensor | None = None  # (B, T) policy at sampling time ("old" logprobs)
     ref_logprobs: torch.Tensor | None = None  # (B, T) reference model
     values: torch.Tensor | None = None  # (B, T) token critic, or (B, 1) sequence critic
+    critic_states: torch.Tensor | None = None  # (B, T, H) | (B, 1, H) what the value head reads (backbone reference)
     scores: torch.Tensor | None = None  # (B,) judge score
     advantages: torch.Tensor | None = None  # (B, T) or (B, 1)
     returns: torch.Tensor | None = None  # same shape as values

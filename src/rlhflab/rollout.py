@@ -289,6 +289,8 @@ def score_rollout(
     chunks = list(rollout.chunks(max(1, cfg.train.scoring_batch_size // head_rows) * head_rows))
     # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
     values_from_policy = with_values and with_logprobs and roles.shared_trunk  # the policy pass gives the values
+    from_reference = with_values and roles.critic_on_reference  # the reference pass gives the value head's states
+    granularity = cfg.critic.granularity
     with hooks.phase("logprobs"):
         logprobs, entropy_sum, actor, values = [], 0.0, roles.actor(), []
         for chunk in chunks if with_logprobs else []:
@@ -297,15 +299,23 @@ def score_rollout(
             logprobs.append(lp)
             entropy_sum += masked_sum(ent, chunk.response_mask).item()
             if values_from_policy:
-                values.append(roles.values_from_hidden(hidden[-1], chunk, cfg.critic.granularity))
+                values.append(roles.values_from_hidden(hidden[-1], chunk, granularity))
+        ref_logprobs, states = [], []
         with hooks.phase("ref_logprobs"), roles.reference_model() as reference:
-            ref_logprobs = [response_logprobs(reference, c, temperature, rows_at_once=head_rows)[0] for c in chunks]
-        if with_values and not values_from_policy:
+            for chunk in chunks:
+                with captured_hidden(reference) if from_reference else contextlib.nullcontext() as hidden:
+                    ref_logprobs.append(response_logprobs(reference, chunk, temperature, rows_at_once=head_rows)[0])
+                if from_reference:
+                    states.append(roles.critic_states(hidden[-1], chunk, granularity))  # (b, T, H) | (b, 1, H)
+        if from_reference:
+            values = [roles.values_from_states(s) for s in states]
+        elif with_values and not values_from_policy:
             with hooks.phase("values"):
-                values = [roles.values(chunk, cfg.critic.granularity) for chunk in chunks]
+                values = [roles.values(chunk, granularity) for chunk in chunks]
     return replace(
         rollout,
         logprobs=torch.cat(logprobs) if with_logprobs else None,
         ref_logprobs=torch.cat(ref_logprobs),
         values=torch.cat(values) if with_values else None,
+        critic_states=torch.cat(states) if from_reference else None,
     ), entropy_sum / rollout.response_mask.sum().item() if with_logprobs else None

@@ -73,9 +73,11 @@ def test_values_from_the_policy_pass_equal_a_forward_of_their_own(
     torch.testing.assert_close(rollout.values, own_forward, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("backbone", ["shared", "reference"])
 @pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_scoring_pass_values_start_at_zero_and_kl_at_zero(tiny_model_dir, prompts_file, head):
-    cfg, setup = shared_setup(tiny_model_dir, prompts_file, f"critic.head={head}")
+def test_scoring_pass_values_start_at_zero_and_kl_at_zero(tiny_model_dir, prompts_file, head, backbone):
+    cfg, setup = shared_setup(tiny_model_dir, prompts_file, f"critic.head={head}", f"critic.backbone={backbone}")
+    assert setup.roles.critic_on_reference == (backbone == "reference")
     g = torch.Generator().manual_seed(0)
     rollout, _ = sample_rollout(setup.roles.actor(), setup.tokenizer, PROMPTS * 2, cfg, g, setup.device)
     scored, _ = score_rollout(setup, replace(rollout, scores=torch.randn(8)), cfg)

@@ -61,7 +61,9 @@ def ppo_micro_step(
     counts). A critic adapter of its own: two forwards and two backwards, each before the other adapter is
     activated; a shared trunk (``critic.backbone: shared``): the value head reads the policy pass's hidden states and
     one backward takes ``policy + vf_coef · value`` (with ``critic.shared_grad: false`` the hidden states are detached,
-    so the value loss trains the head alone). ``kl_coef`` is unused: PPO's β is already in the rewards behind
+    so the value loss trains the head alone); on the reference (``critic.backbone: reference``): the head reads the
+    reference's hidden states kept by the scoring pass, so the value loss costs no forward and trains the head alone,
+    and the same one backward serves both. ``kl_coef`` is unused: PPO's β is already in the rewards behind
     the advantages. Returns detached stats."""
     a, max_len = cfg.algorithm, cfg.rollout.max_new_tokens  # seq_sum_constant's L: the generation budget
     mask, granularity = micro.response_mask, cfg.critic.granularity
@@ -84,6 +86,8 @@ def ppo_micro_step(
     if roles.shared_trunk:
         trunk = hidden[-1] if cfg.critic.shared_grad else hidden[-1].detach()  # (b, P + T, H); detached: head only
         values = roles.values_from_hidden(trunk, micro, granularity)  # (b, T) | (b, 1)
+    elif roles.critic_on_reference:
+        values = roles.values_from_states(micro.critic_states)  # (b, T) | (b, 1): the frozen reference's states
     else:
         policy_loss.backward()  # before values() activates the critic adapter
         values = roles.values(micro, granularity)  # (b, T) | (b, 1)
@@ -98,7 +102,7 @@ def ppo_micro_step(
         num_seqs=num_seqs,
         max_len=max_len if granularity == "token" else 1,
     )
-    (policy_loss + a.vf_coef * loss_v if roles.shared_trunk else a.vf_coef * loss_v).backward()
+    (a.vf_coef * loss_v if roles.own_critic else policy_loss + a.vf_coef * loss_v).backward()
     return MicroStats(
         policy_loss=policy_loss.detach(),
         approxkl=policy_stats["approxkl"],

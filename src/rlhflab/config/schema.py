@@ -43,10 +43,12 @@ class LoraSettings:
 class CriticConfig:
     granularity: Literal["token", "sequence"] = "token"
     """token: a value per response token + GAE; sequence: one value per sequence, advantage = R - V."""
-    backbone: Literal["separate", "shared"] = "separate"
+    backbone: Literal["separate", "shared", "reference"] = "separate"
     """separate: the value head reads a critic LoRA adapter of its own (critic.r, alpha, target_modules); shared: it
     reads the policy adapter's hidden states, so one forward and one backward serve the policy and value losses
-    (loss = policy + vf_coef * value; the value loss also trains the policy's LoRA unless critic.shared_grad: false)."""
+    (loss = policy + vf_coef * value; the value loss also trains the policy's LoRA unless critic.shared_grad: false);
+    reference: it reads the frozen reference model's hidden states, kept from the reference log-prob pass, so the
+    critic costs no forward at all and only the head learns (best with critic.head: mlp)."""
     shared_grad: bool = True
     """critic.backbone shared: the value loss back-propagates into the policy's LoRA (true), or the value head reads the
     policy pass's hidden states detached (false): still one forward and one backward, but only the head learns from the
@@ -81,7 +83,7 @@ class DataConfig:
     """Training prompts kept from the source: its first N (0 = all of them)."""
     extra_prompts: list[str] | str = field(default_factory=list)
     """Prompts added to the source's (after data.max_prompts): openings of a kind the source lacks, or demo-negative
-    (rlhflab.data.demo.NEGATIVE_OPENINGS: 42 negative review openings). None may be a held-out evaluation prompt."""
+    (rlhflab.data.demo.NEGATIVE_OPENINGS: 56 negative review openings). None may be a held-out evaluation prompt."""
     max_prompt_tokens: int = 32
     """Prompts longer than this are cut (from the left, keeping their end)."""
     chat_template: Literal["auto", "on", "off"] = "auto"

@@ -8,6 +8,9 @@ disabled: three roles for the memory of about one model.
 ``critic.backbone: shared`` puts the value head on the policy's own trunk instead of a critic adapter: the policy's
 forward gives both the log-probs and the hidden states the value head reads (:func:`captured_hidden`), so one
 forward and one backward serve both losses (TRL's original value-head model). No critic adapter exists then.
+``critic.backbone: reference`` puts it on the frozen reference instead: the reference log-prob pass already computes
+those hidden states, so the scoring pass keeps them (``Rollout.critic_states``) and the update trains the head on
+them without any forward; the value loss never reaches the policy, and the critic's features never drift.
 
 separate: the reference is a frozen full copy and the critic a full copy with its own LoRA adapter, the layout
 of the published reference script. Kept for users who need it and to measure what sharing saves.
@@ -79,7 +82,8 @@ class Roles:
         lora = cfg.lora
         separate = self.layout == "separate"
         self.shared_trunk = with_critic and cfg.critic.backbone == "shared"  # value head on the policy's trunk
-        own_critic = with_critic and not self.shared_trunk  # a critic adapter of its own
+        self.critic_on_reference = with_critic and cfg.critic.backbone == "reference"  # on the frozen reference's
+        self.own_critic = own_critic = with_critic and cfg.critic.backbone == "separate"  # a critic adapter of its own
         # copies are taken before any adapter is injected, so they hold the plain base weights
         self.reference = copy.deepcopy(base).requires_grad_(False) if separate else None
         critic_base = copy.deepcopy(base) if separate and own_critic else None
@@ -96,7 +100,7 @@ class Roles:
             adapter_name=POLICY,
         )
         self.critic: PeftModel | None = None  # the model whose hidden states the value head reads
-        self.critic_adapter = POLICY if self.shared_trunk else CRITIC
+        self.critic_adapter = CRITIC if own_critic else POLICY  # (backbone reference: with adapters disabled)
         self.value_head: torch.nn.Module | None = None
         if with_critic:
             if own_critic:
@@ -180,46 +184,57 @@ class Roles:
 
         The value of response token t is read where its logits are: at position P - 1 + t. Leaves the critic
         adapter active (its backward must run before :meth:`actor` switches back). With a shared trunk this is a
-        forward of the policy; the PPO loss and the scoring pass read the values from their policy pass instead
-        (:meth:`values_from_hidden`), and this stays the plain path they are tested against.
+        forward of the policy, with ``backbone: reference`` one of the reference; the PPO loss and the scoring pass
+        read the values from their policy or reference pass instead (:meth:`values_from_hidden`,
+        :meth:`values_from_states`), and this stays the plain path they are tested against.
         """
         assert self.critic is not None and self.value_head is not None, "this algorithm has no critic"
-        self.critic.set_adapter(self.critic_adapter)
         mask = rollout.attention_mask
         inputs = dict(
             input_ids=rollout.input_ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
         )
-        if self.sharded:
-            hidden = self._backbone_through_root(inputs)
+        if self.critic_on_reference:
+            with self.reference_model() as reference:
+                hidden = self._last_hidden(reference, inputs)
         else:
-            hidden = backbone(self.critic)(**inputs).last_hidden_state  # (B, P + T, H)
+            self.critic.set_adapter(self.critic_adapter)
+            hidden = self._last_hidden(self.critic, inputs)
         return self.values_from_hidden(hidden, rollout, granularity)
+
+    def critic_states(self, hidden: torch.Tensor, rollout: Rollout, granularity: str = "token") -> torch.Tensor:
+        """The hidden states the value head reads, out of the last hidden states (B, P + T, H) of ``rollout``: the
+        position that predicts each response token, (B, T, H), or the state before the first one, (B, 1, H)."""
+        prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+        if granularity == "sequence":
+            return hidden[:, prompt_len - 1 : prompt_len]
+        return hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]
+
+    def values_from_states(self, states: torch.Tensor) -> torch.Tensor:
+        """The value head (fp32) on :meth:`critic_states`: (B, T, H) → (B, T), or (B, 1, H) → (B, 1)."""
+        return self.value_head(states.float()).squeeze(-1)
 
     def values_from_hidden(self, hidden: torch.Tensor, rollout: Rollout, granularity: str = "token") -> torch.Tensor:
         """The value head on the critic's last hidden states (B, P + T, H) of ``rollout``: (B, T) or (B, 1)."""
-        prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
-        if granularity == "sequence":
-            hidden = hidden[:, prompt_len - 1 : prompt_len]  # (B, 1, H): the state before the first token
-        else:
-            hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + response_len]  # (B, T, H)
-        return self.value_head(hidden.float()).squeeze(-1)
+        return self.values_from_states(self.critic_states(hidden, rollout, granularity))
 
-    def _backbone_through_root(self, inputs: dict) -> torch.Tensor:
-        """The backbone's last hidden state (B, P + T, H), from a forward of the whole sharded model: the root
+    def _last_hidden(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+        """The backbone's last hidden state (B, P + T, H). Sharded, from a forward of the whole model: the root
         unit's parameters (embeddings, final norm) are gathered only when the root's forward runs, so the backbone
-        cannot be called alone. The LM head projects just the last position."""
+        cannot be called alone; the LM head then projects just the last position."""
+        if not self.sharded:
+            return backbone(model)(**inputs).last_hidden_state
         length = inputs["input_ids"].shape[1]
-        with captured_hidden(self.critic) as captured:
-            self.critic(**inputs, logits_to_keep=keep_positions(length - 1, length, inputs["input_ids"].device))
+        with captured_hidden(model) as captured:
+            model(**inputs, logits_to_keep=keep_positions(length - 1, length, inputs["input_ids"].device))
         return captured[0]
 
     # ------------------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Policy adapter at ``directory`` (PEFT format), critic adapter in ``critic/`` (none with a shared trunk),
-        head in safetensors."""
+        """Policy adapter at ``directory`` (PEFT format), critic adapter in ``critic/`` (only
+        ``critic.backbone: separate`` has one), head in safetensors."""
         directory.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(str(directory), selected_adapters=[POLICY])
-        if self.critic is not None and not self.shared_trunk:
+        if self.own_critic:
             self.critic.save_pretrained(str(directory), selected_adapters=[CRITIC])  # → directory/critic/
         if self.value_head is not None:
             save_file(
@@ -234,7 +249,7 @@ class Roles:
         set_peft_model_state_dict(
             self.policy, load_file(str(directory / "adapter_model.safetensors")), adapter_name=POLICY
         )
-        if self.critic is not None and not self.shared_trunk:
+        if self.own_critic:
             set_peft_model_state_dict(
                 self.critic,
                 load_file(str(directory / CRITIC / "adapter_model.safetensors")),

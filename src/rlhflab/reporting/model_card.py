@@ -150,12 +150,16 @@ def architecture_lines(cfg: dict, final: Path, model_name: str) -> list[str]:
     ]
     if (final / "critic").is_dir() or (final / "value_head.safetensors").is_file():
         head = "an MLP (Linear → GELU → Linear) value head" if critic.get("head") == "mlp" else "a linear value head"
-        lines.append(
-            f"- **Critic** (`critic/` + `value_head.safetensors`): a second LoRA adapter (r={critic.get('r', '?')}"
-            f" on {format_value(adapter_targets(final / 'critic') or critic.get('target_modules', []))}) and"
-            f" {head} on the last hidden"
-            f" state ({critic.get('granularity', 'token')}-level values). Needed only to continue PPO training."
-        )
+        values = f"({critic.get('granularity', 'token')}-level values). Needed only to continue PPO training."
+        if (final / "critic").is_dir():
+            lines.append(
+                f"- **Critic** (`critic/` + `value_head.safetensors`): a second LoRA adapter (r={critic.get('r', '?')}"
+                f" on {format_value(adapter_targets(final / 'critic') or critic.get('target_modules', []))}) and"
+                f" {head} on the last hidden state {values}"
+            )
+        else:
+            trunk = "the reference's (adapters disabled)" if critic.get("backbone") == "reference" else "the policy's"
+            lines.append(f"- **Critic** (`value_head.safetensors`): {head} on {trunk} last hidden state {values}")
     lines.append(f"- **Judge** (not included): the reward was the weighted sum {describe_rewards(cfg, '; ')}.")
     return lines
 
