@@ -43,7 +43,7 @@ def measure(out: Path) -> dict[str, float]:
     ev = [r["val/explained_variance"] for r in rows[-10:] if "val/explained_variance" in r]
     return {
         "positive": 100 * after["positive_share"],
-        "bayes": 100 * after.get("positive_share/bayes", float("nan")),
+        "bayes": 100 * after.get("judge/bayes_positive_share", float("nan")),
         "ppl_ratio": after["ref_perplexity"] / before["ref_perplexity"],
         "kl": after.get("kl", float("nan")),
         "ev": statistics.fmean(ev) if ev else float("nan"),

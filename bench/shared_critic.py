@@ -1,14 +1,16 @@
-"""PPO's scoring passes and update with a critic adapter of its own vs on the policy's trunk, interleaved A/B.
+"""PPO's scoring passes and update with a critic adapter of its own vs on the policy's trunk vs on the frozen
+reference's (``critic.backbone`` separate / shared / reference), interleaved.
 
     OMP_WAIT_POLICY=PASSIVE python bench/shared_critic.py --model smollm2 [--repeat 3]
     OMP_WAIT_POLICY=PASSIVE python bench/shared_critic.py --model pythia-410m [--pythia-dir DIR]
 
-Both layouts (``critic.backbone: separate`` and ``shared``) are built in one process, on the same base weights, and
-score and update the same rollout (sampled once, by the first), alternating: A B A B ... so that a loaded machine
-slows both alike. smollm2: the ``smollm2-ppo`` preset (16 completions × 24 tokens, 2 epochs × 1 minibatch,
-micro-batches of 8). pythia-410m: ``rlhflab bench``'s PPO config at that shape, random weights (16 × 48 tokens,
-4 epochs, micro-batches of 2). Prints the median seconds of the scoring passes (old log-probs, reference log-probs,
-values) and of the update (K epochs × M minibatches, forward + backward + optimiser), and their ratios.
+Every layout (``--backbones``, default ``separate,shared,reference``; ``reference`` with ``critic.head: mlp``, the
+head it is meant for) is built in one process, on the same base weights, and scores and updates the same rollout
+(sampled once, by the first), alternating: A B C A B C ... so that a loaded machine slows all alike. smollm2: the
+``smollm2-ppo`` preset (32 completions × 24 tokens, 2 epochs × 2 minibatches, micro-batches of 8). pythia-410m:
+``rlhflab bench``'s PPO config at that shape, random weights (16 × 48 tokens, 4 epochs, micro-batches of 2).
+Prints the median seconds of the scoring passes (old log-probs, reference log-probs, values) and of the update
+(K epochs × M minibatches, forward + backward + optimiser), and their ratios to the first layout's.
 """
 
 from __future__ import annotations
@@ -30,18 +32,23 @@ from rlhflab.session import load_setup
 from rlhflab.update import update
 
 
+def overrides(backbone: str) -> list[str]:
+    return [f"critic.backbone={backbone}"] + (["critic.head=mlp"] if backbone == "reference" else [])
+
+
 def configs(args, work: Path) -> dict:
     """backbone → Config of the chosen model."""
+    backbones = args.backbones.split(",")
     if args.model == "smollm2":
-        return {b: build_config("smollm2-ppo", overrides=[f"critic.backbone={b}"]) for b in ("separate", "shared")}
+        return {b: build_config("smollm2-ppo", overrides=overrides(b)) for b in backbones}
     from rlhflab.bench import BenchOptions, bench_config, build_model_dir, write_prompts
 
     opts = BenchOptions(model_shape="pythia-410m", pythia_dir=args.pythia_dir)
     model_dir = build_model_dir(opts, work / "model")
     prompts = write_prompts(work / "prompts.txt")
     return {
-        b: bench_config(replace(opts, overrides=[f"critic.backbone={b}"]), model_dir, prompts, "shared", work / b)
-        for b in ("separate", "shared")
+        b: bench_config(replace(opts, overrides=overrides(b)), model_dir, prompts, "shared", work / b)
+        for b in backbones
     }
 
 
@@ -50,6 +57,7 @@ def main() -> None:
     p.add_argument("--model", choices=["smollm2", "pythia-410m"], default="smollm2")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds per layout (after one untimed)")
     p.add_argument("--pythia-dir", help="Pythia-410m's config.json + tokenizer (see rlhflab bench)")
+    p.add_argument("--backbones", default="separate,shared,reference", help="critic.backbone values, first = baseline")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfgs = configs(args, Path(tmp))
@@ -57,7 +65,8 @@ def main() -> None:
         for backbone, cfg in cfgs.items():
             torch.manual_seed(cfg.seed)  # the same policy LoRA initialisation in both
             setups[backbone] = load_setup(cfg)
-        cfg, setup = cfgs["separate"], setups["separate"]
+        baseline = next(iter(cfgs))
+        cfg, setup = cfgs[baseline], setups[baseline]
         r = cfg.rollout
         prompts = setup.train_prompts[: r.batch_size]
         generator = torch.Generator().manual_seed(0)
@@ -89,9 +98,10 @@ def main() -> None:
     median = {b: {k: statistics.median(v) for k, v in t.items()} for b, t in times.items()}
     print(f"\nmedian of {args.repeat} | scoring passes | update")
     for backbone, m in median.items():
-        print(f"{backbone:8s} | {m['score']:.2f} s | {m['update']:.2f} s")
-    ratio = {k: median["shared"][k] / median["separate"][k] for k in ("score", "update")}
-    print(f"shared / separate | {ratio['score']:.3f} | {ratio['update']:.3f}")
+        print(f"{backbone:9s} | {m['score']:.2f} s | {m['update']:.2f} s")
+    for backbone in list(median)[1:]:
+        ratio = {k: median[backbone][k] / median[baseline][k] for k in ("score", "update")}
+        print(f"{backbone} / {baseline} | {ratio['score']:.3f} | {ratio['update']:.3f}")
 
 
 if __name__ == "__main__":
