@@ -141,3 +141,14 @@ def test_a_reference_critic_run_saves_the_head_alone_and_resumes(tiny_model_dir,
     for name in ("adapter_model.safetensors", "value_head.safetensors"):
         a, b = load_file(str(full / "final" / name)), load_file(str(resumed / "final" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_the_report_says_what_the_value_head_reads():
+    from rlhflab.reporting.describe import describe_algorithm
+
+    def ppo(backbone):
+        return describe_algorithm({"algorithm": {"name": "ppo"}, "critic": {"backbone": backbone}})
+
+    assert "(LoRA + value head, token-level values" in ppo("separate")
+    assert "(value head on the policy's hidden states," in ppo("shared")
+    assert "(value head on the reference's hidden states, token-level" in ppo("reference")

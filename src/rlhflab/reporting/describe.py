@@ -41,9 +41,9 @@ def describe_algorithm(cfg: dict) -> str:
     k = r.get("samples_per_prompt", 1)
     if name == "ppo":
         gae = f"GAE γ={a.get('gamma', '?')}, λ={a.get('gae_lambda', '?')}"
-        return (
-            f"PPO with a learned critic (LoRA + value head, {critic.get('granularity', 'token')}-level values, {gae})"
-        )
+        trunk = {"shared": "the policy's", "reference": "the reference's"}.get(critic.get("backbone"))
+        head = f"value head on {trunk} hidden states" if trunk else "LoRA + value head"
+        return f"PPO with a learned critic ({head}, {critic.get('granularity', 'token')}-level values, {gae})"
     if name == "rloo":
         return (
             f"RLOO ({a.get('rloo_baseline', 'leave_one_out').replace('_', '-')} baseline over k={k} samples per prompt)"
