@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import train_argv
 from test_rollout import _grads, make_cfg
-from test_shared_critic import scored_rollout
+from test_shared_critic import policy_loss_by_hand, scored_rollout
 
-from rlhflab.algorithms.losses import ppo_policy_loss, value_loss
+from rlhflab.algorithms.losses import value_loss
 from rlhflab.algorithms.ppo import ppo_micro_step, value_mask
 from rlhflab.cli import main
 from rlhflab.models.forward import captured_hidden, response_logprobs
@@ -98,9 +98,7 @@ def test_the_micro_step_runs_one_forward_and_the_value_loss_trains_the_head_alon
     for p in params:
         p.grad = None
 
-    logprobs, _ = response_logprobs(roles.actor(), rollout, 1.0)
-    advantages = rollout.advantages if granularity == "token" else rollout.advantages[:, 0]
-    loss_pi, _ = ppo_policy_loss(logprobs, rollout.logprobs, advantages, rollout.response_mask, a.clip_eps)
+    loss_pi = policy_loss_by_hand(roles, rollout, granularity, a.clip_eps)
     loss_pi.backward()
     policy_only = _grads(params)
     values = roles.values(rollout, granularity)  # a fresh forward of the reference; the head gets the gradient

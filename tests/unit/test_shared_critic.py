@@ -38,6 +38,13 @@ def scored_rollout(setup, cfg):
     return rollout, params
 
 
+def policy_loss_by_hand(roles, rollout, granularity, clip_eps):
+    """The plain reference's policy loss: a fresh forward of the policy, the clipped surrogate on its log-probs."""
+    logprobs, _ = response_logprobs(roles.actor(), rollout, 1.0)
+    advantages = rollout.advantages if granularity == "token" else rollout.advantages[:, 0]
+    return ppo_policy_loss(logprobs, rollout.logprobs, advantages, rollout.response_mask, clip_eps)[0]
+
+
 @pytest.mark.parametrize("layout", ["shared", "separate"])
 def test_a_shared_trunk_has_no_critic_adapter(tiny_model_dir, prompts_file, layout):
     _, setup = shared_setup(tiny_model_dir, prompts_file, f"model.roles={layout}")
@@ -104,9 +111,7 @@ def test_one_backward_gives_the_gradient_of_policy_plus_vf_coef_times_value(
     for p in params:
         p.grad = None
 
-    logprobs, _ = response_logprobs(roles.actor(), rollout, 1.0)
-    advantages = rollout.advantages if granularity == "token" else rollout.advantages[:, 0]
-    loss_pi, _ = ppo_policy_loss(logprobs, rollout.logprobs, advantages, rollout.response_mask, a.clip_eps)
+    loss_pi = policy_loss_by_hand(roles, rollout, granularity, a.clip_eps)
     values = roles.values(rollout, granularity)
     value_tokens, max_len = (tokens, 6) if granularity == "token" else (rows, 1)
     vmask = value_mask(rollout, granularity)
@@ -144,9 +149,7 @@ def test_shared_grad_false_keeps_the_value_loss_out_of_the_policy_lora(tiny_mode
     for p in params:
         p.grad = None
 
-    logprobs, _ = response_logprobs(roles.actor(), rollout, 1.0)
-    advantages = rollout.advantages if granularity == "token" else rollout.advantages[:, 0]
-    loss_pi, _ = ppo_policy_loss(logprobs, rollout.logprobs, advantages, rollout.response_mask, a.clip_eps)
+    loss_pi = policy_loss_by_hand(roles, rollout, granularity, a.clip_eps)
     loss_pi.backward()
     with torch.no_grad():
         with captured_hidden(roles.actor()) as hidden:
