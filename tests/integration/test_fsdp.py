@@ -29,6 +29,7 @@ FSDP = "distributed.fsdp=true"
 # PPO (policy + critic adapters, value head, GAE, whitening) and RLOO (global batch_mean baseline)
 CASES = [
     ("ppo", ["algorithm.loss_agg=token_mean"]),
+    ("ppo-reference-critic", ["algorithm.loss_agg=token_mean", "critic.backbone=reference", "critic.head=mlp"]),
     ("rloo", ["algorithm.name=rloo", "rollout.samples_per_prompt=2", "algorithm.rloo_baseline=batch_mean"]),
 ]
 GEN_TOKENS = 8
