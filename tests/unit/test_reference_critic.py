@@ -2,18 +2,13 @@
 log-prob pass computes anyway: the scoring pass keeps them, the update trains the head on them with no forward of its
 own, and the value loss never reaches the policy's LoRA."""
 
-import json
-import shutil
-
 import pytest
 import torch
-from conftest import train_argv
 from test_rollout import _grads, make_cfg
 from test_shared_critic import policy_loss_by_hand, scored_rollout
 
 from rlhflab.algorithms.losses import value_loss
 from rlhflab.algorithms.ppo import ppo_micro_step, value_mask
-from rlhflab.cli import main
 from rlhflab.models.forward import captured_hidden, response_logprobs
 from rlhflab.models.loading import backbone
 from rlhflab.session import load_setup
@@ -115,30 +110,6 @@ def test_the_micro_step_runs_one_forward_and_the_value_loss_trains_the_head_alon
         torch.testing.assert_close(s, r, atol=1e-6, rtol=1e-5)
     for s, p in zip(stepped[:lora], policy_only[:lora]):
         torch.testing.assert_close(s, p, atol=1e-7, rtol=1e-6)
-
-
-def test_a_reference_critic_run_saves_the_head_alone_and_resumes(tiny_model_dir, prompts_file, tmp_path):
-    """`rlhflab train` with critic.backbone=reference: values learned (value loss logged), final/ holds the policy
-    adapter and the value head only, the model card says what the head reads, and a run resumed from its step-1
-    checkpoint ends with the same weights."""
-    from safetensors.torch import load_file
-
-    extra = ["--set", "critic.backbone=reference", "--set", "critic.head=mlp", "--set", "checkpoint.every=1"]
-    extra += ["--set", "eval.enabled=false"]
-    full = tmp_path / "full"
-    assert main(train_argv(tiny_model_dir, prompts_file, full, *extra, steps=2, batch=4, micro=2)) == 0
-    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["objective/kl"] == 0.0 and rows[1]["loss/value"] > 0 and "val/explained_variance" in rows[1]
-    assert (full / "final" / "value_head.safetensors").is_file() and not (full / "final" / "critic").exists()
-    assert "on the reference's (adapters disabled) last hidden state" in (full / "final" / "README.md").read_text()
-
-    resumed = tmp_path / "resumed"  # as if killed after step 2's metrics, before its end
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "final")
-    assert main(["train", "--resume", "--output-dir", str(resumed)]) == 0
-    for name in ("adapter_model.safetensors", "value_head.safetensors"):
-        a, b = load_file(str(full / "final" / name)), load_file(str(resumed / "final" / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_the_report_says_what_the_value_head_reads():

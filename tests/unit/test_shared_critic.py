@@ -173,14 +173,15 @@ def test_shared_grad_false_keeps_the_value_loss_out_of_the_policy_lora(tiny_mode
         torch.testing.assert_close(d, r, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["shared", "reference"])
 @pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, prompts_file, tmp_path, head):
+def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, prompts_file, tmp_path, head, backbone):
     """`rlhflab train` with critic.backbone=shared: values are learned (value loss logged), final/ holds the policy
     adapter and the value head only, and a run resumed from its step-1 checkpoint ends with the same weights (the mlp
     head's too: resume restores it from the checkpoint's value_head.safetensors)."""
     from safetensors.torch import load_file
 
-    extra = ["--set", "critic.backbone=shared", "--set", "checkpoint.every=1", "--set", "eval.enabled=false"]
+    extra = ["--set", f"critic.backbone={backbone}", "--set", "checkpoint.every=1", "--set", "eval.enabled=false"]
     extra += ["--set", f"critic.head={head}"]
     full = tmp_path / "full"
     assert main(train_argv(tiny_model_dir, prompts_file, full, *extra, steps=2, batch=4, micro=2)) == 0
@@ -188,6 +189,8 @@ def test_a_shared_trunk_run_saves_no_critic_adapter_and_resumes(tiny_model_dir, 
     assert rows[0]["objective/kl"] == 0.0 and rows[1]["loss/value"] > 0 and "val/explained_variance" in rows[1]
     assert (full / "final" / "value_head.safetensors").is_file() and not (full / "final" / "critic").exists()
     assert not (full / "checkpoints" / "step-000001" / "critic").exists()
+    trunk = "the policy's" if backbone == "shared" else "the reference's (adapters disabled)"
+    assert f"on {trunk} last hidden state" in (full / "final" / "README.md").read_text()  # the model card says
 
     resumed = tmp_path / "resumed"  # as if killed after step 2's metrics, before its end
     shutil.copytree(full, resumed)

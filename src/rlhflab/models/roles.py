@@ -81,9 +81,8 @@ class Roles:
         self.layout = cfg.model.roles
         lora = cfg.lora
         separate = self.layout == "separate"
-        self.shared_trunk = with_critic and cfg.critic.backbone == "shared"  # value head on the policy's trunk
-        self.critic_on_reference = with_critic and cfg.critic.backbone == "reference"  # on the frozen reference's
-        self.own_critic = own_critic = with_critic and cfg.critic.backbone == "separate"  # a critic adapter of its own
+        self.backbone = cfg.critic.backbone if with_critic else None  # what the value head reads; None: no critic
+        own_critic = self.own_critic
         # copies are taken before any adapter is injected, so they hold the plain base weights
         self.reference = copy.deepcopy(base).requires_grad_(False) if separate else None
         critic_base = copy.deepcopy(base) if separate and own_critic else None
@@ -133,6 +132,21 @@ class Roles:
         self.set_dropout(cfg.train.dropout)
         self.sharded = False
         self.stop_together: Callable[[bool], bool] | None = None  # generation's joint early stop when sharded
+
+    @property
+    def own_critic(self) -> bool:
+        """A critic adapter of its own (``critic.backbone: separate``)."""
+        return self.backbone == "separate"
+
+    @property
+    def shared_trunk(self) -> bool:
+        """The value head on the policy's trunk (``critic.backbone: shared``)."""
+        return self.backbone == "shared"
+
+    @property
+    def critic_on_reference(self) -> bool:
+        """The value head on the frozen reference's hidden states (``critic.backbone: reference``)."""
+        return self.backbone == "reference"
 
     def shard(self, dist: Dist, device: torch.device) -> None:
         """FSDP2 under torchrun: shard the frozen base weights over the processes; the LoRA adapters and the value
