@@ -47,9 +47,11 @@ def distinct_n(texts: list[str], n: int) -> float:
 def sample_and_judge(
     setup, cfg: Config, reward, prompts: list[str], use_reference: bool, seed: int
 ) -> tuple[list[dict], dict]:
-    """Sample one completion per prompt (× eval.samples_per_prompt) and measure it; returns (rows, summary)."""
+    """Sample eval.samples_per_prompt completions of each prompt (eval.samples_per_listed_prompt of each of
+    eval.prompts, when set) and measure them; returns (rows, summary)."""
     roles, device = setup.roles, setup.device
-    prompts = [p for p in prompts for _ in range(cfg.eval.samples_per_prompt)]
+    listed, n_listed = set(cfg.eval.prompts), cfg.eval.samples_per_listed_prompt
+    prompts = [p for p in prompts for _ in range(n_listed if n_listed and p in listed else cfg.eval.samples_per_prompt)]
     generator = torch.Generator(device=device).manual_seed(seed)
     rows, nll_sum, n_tokens, lengths, ended, kls = [], 0.0, 0, [], [], []
     batch = cfg.eval.batch_size or cfg.rollout.batch_size

@@ -68,6 +68,8 @@ def test_overrides_are_typed():
         ("algorithm.target_kl=0", "algorithm.target_kl: must be > 0 (or null = off), got 0.0"),
         ("checkpoint.keep=0", "checkpoint.keep: must be a positive integer, got 0"),  # [:-0] kept them all
         ("eval.batch_size=-4", "eval.batch_size: must be a positive integer, got -4"),  # 0 = rollout.batch_size
+        ("eval.samples_per_prompt=0", "eval.samples_per_prompt: must be a positive integer, got 0"),
+        ("eval.samples_per_listed_prompt=-1", "eval.samples_per_listed_prompt: must be 0 (= eval.samples_per_prompt)"),
         ("checkpoint.keep=-1", "checkpoint.keep: must be a positive integer, got -1"),
     ],
 )

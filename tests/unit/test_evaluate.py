@@ -122,3 +122,26 @@ def test_held_out_kl_is_zero_at_the_start_and_the_summed_k1_of_each_completion_b
     assert expected.abs().max() > 1e-3  # the policy moved
     assert [r["kl"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-4)
     assert moved["kl"] == pytest.approx(expected.mean().item(), abs=1e-4)
+
+
+def test_listed_prompts_get_their_own_number_of_samples(tiny_model_dir, prompts_file):
+    """eval.samples_per_listed_prompt: each of eval.prompts (the openings a table is judged on) is sampled that many
+    times, every other held-out prompt eval.samples_per_prompt times; 0 leaves every prompt at samples_per_prompt."""
+    from collections import Counter
+
+    from rlhflab.evaluate import sample_and_judge
+    from rlhflab.session import load_setup
+
+    sets = [f"model.name={tiny_model_dir}", "model.device=cpu", "data.source=file", f"data.prompts_file={prompts_file}"]
+    sets += ["eval.judges=[]", "rollout.max_new_tokens=3", "eval.samples_per_prompt=2", "eval.batch_size=4"]
+    sets += ["eval.prompts=[the movie was]", "eval.samples_per_listed_prompt=5"]
+    cfg = build_config(preset="demo-ppo", overrides=sets)
+    setup = load_setup(cfg, with_critic=False)
+    prompts = ["the movie was", "i watched it"]
+    rows, summary = sample_and_judge(setup, cfg, setup.reward, prompts, use_reference=True, seed=5)
+    assert Counter(r["prompt"] for r in rows) == {"the movie was": 5, "i watched it": 2}
+    assert summary["num_samples"] == 7
+
+    cfg = build_config(preset="demo-ppo", overrides=[*sets[:-1], "eval.samples_per_listed_prompt=0"])
+    rows, _ = sample_and_judge(setup, cfg, setup.reward, prompts, use_reference=True, seed=5)
+    assert Counter(r["prompt"] for r in rows) == {"the movie was": 2, "i watched it": 2}

@@ -27,6 +27,7 @@ def validate(cfg: Config) -> None:
         ("critic.r", cfg.critic.r),
         ("data.max_prompt_tokens", cfg.data.max_prompt_tokens),
         ("eval.max_prompts", cfg.eval.max_prompts),
+        ("eval.samples_per_prompt", cfg.eval.samples_per_prompt),
         ("eval.batch_size", cfg.eval.batch_size or 1),  # 0 = rollout.batch_size
         ("train.max_nonfinite_in_a_row", t.max_nonfinite_in_a_row),
         ("checkpoint.keep", cfg.checkpoint.keep),
@@ -46,6 +47,11 @@ def validate(cfg: Config) -> None:
         need(value > 0, f"{key}: must be > 0, got {value}")
     e = cfg.eval
     need(e.every >= 0, f"eval.every: must be 0 (off) or a positive integer, got {e.every}")
+    need(
+        e.samples_per_listed_prompt >= 0,
+        f"eval.samples_per_listed_prompt: must be 0 (= eval.samples_per_prompt) or a positive integer, "
+        f"got {e.samples_per_listed_prompt}",
+    )
     if e.stop_share is not None:
         need(0 < e.stop_share <= 1, f"eval.stop_share: must be in (0, 1] (or null = off), got {e.stop_share}")
         need(e.every > 0, "eval.stop_share: needs eval.every > 0 (the periodic evaluation it reads)")

@@ -280,6 +280,9 @@ class EvalConfig:
     """At most this many held-out prompts."""
     samples_per_prompt: int = 1
     """Completions per held-out prompt."""
+    samples_per_listed_prompt: int = 0
+    """Completions for each of eval.prompts (0 = eval.samples_per_prompt): more samples for the few openings a
+    per-prompt table is judged on, fewer for the rest. Every completion counts once in positive_share."""
     batch_size: int = 0
     """Completions sampled together in evaluation (0 = rollout.batch_size). More rows a pass cost little more time
     on a CPU: 64 rows of SmolLM2 took 1.8x the time of 16 (docs/benchmarks.md)."""
