@@ -69,6 +69,7 @@ def test_smollm2_preset_trains_two_steps(tmp_path, algo):
     from rlhflab.train import train
 
     overrides = [f"output_dir={tmp_path / 'run'}", "train.steps=2", "eval.max_prompts=2", "eval.samples_per_prompt=2"]
+    overrides += ["eval.samples_per_listed_prompt=2"]  # the 2 prompts are the published openings the presets list
     started = time.perf_counter()
     run_dir = train(build_config(preset=f"smollm2-{algo}", overrides=overrides))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
