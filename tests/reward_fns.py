@@ -12,3 +12,8 @@ def nan_reward(prompts, completions, **kwargs):
 
 def prompt_echo(prompts, completions, **kwargs):
     return [float(len(p)) for p in prompts]
+
+
+def fixed_scores(prompts, completions, **kwargs):
+    """0.9, 0.2, -0.5, 0.9, 0.2, ... whatever the text."""
+    return [(0.9, 0.2, -0.5)[i % 3] for i in range(len(completions))]

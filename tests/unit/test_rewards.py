@@ -39,6 +39,21 @@ def test_weighted_sum_and_components():
     assert torch.allclose(scores, torch.tensor([0.5 * 2 / 3 - 2.0, 0.5]))
 
 
+def test_cap_limits_a_component_in_the_score_not_in_its_log():
+    # rewards 0.9, 0.2, -0.5 (reward_fns:fixed_scores); cap 0.5, weight 2: the score counts min(raw, 0.5) twice,
+    # reward/<name> keeps the judge's own values
+    cfg = RewardConfig(
+        components=[_spec(name="f", kind="callable", function="reward_fns:fixed_scores", weight=2.0, cap=0.5)]
+    )
+    scores, parts = build_reward(cfg)(["p"] * 3, ["x", "y", "z"])
+    assert scores.tolist() == pytest.approx([1.0, 0.4, -1.0])
+    assert parts["f"].tolist() == pytest.approx([0.9, 0.2, -0.5])
+    uncapped, _ = build_reward(
+        RewardConfig(components=[_spec(name="f", kind="callable", function="reward_fns:fixed_scores")])
+    )(["p"] * 3, ["x", "y", "z"])
+    assert uncapped.tolist() == pytest.approx([0.9, 0.2, -0.5])
+
+
 def test_callables_and_inputs():
     cfg = RewardConfig(components=[_spec(name="len", kind="callable", function="reward_fns:prompt_echo")])
     scores, _ = build_reward(cfg)(["ab", "abcd"], ["x", "y"])

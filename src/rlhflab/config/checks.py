@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rlhflab.config.schema import Config
 from rlhflab.errors import UserError
 
@@ -111,6 +113,10 @@ def validate(cfg: Config) -> None:
         need(
             c.kind != "reward_model" or bool(c.path),
             f"reward.components: {c.name!r} of kind reward_model needs path: the run directory of `rlhflab rm`",
+        )
+        need(
+            c.cap is None or math.isfinite(c.cap),
+            f"reward.components: {c.name!r} cap must be a finite number (or null = no cap), got {c.cap}",
         )
     p = cfg.preference
     if a.name in ("dpo", "rm"):

@@ -103,6 +103,10 @@ class RewardComponent:
     reward_model: the score of prompt + completion by a reward model trained with `rlhflab rm` (in 'path')."""
     weight: float = 1.0
     """Weight of this component in the summed score."""
+    cap: float | None = None
+    """The most this component counts in the score: weight · min(value, cap) (null = no cap); reward/<name> and the
+    eval's verdicts keep the judge's own value. A lexicon capped at 0.5 pays for a positive completion, not for the
+    most effusive one, so that once a group is all positive GRPO has no praise-intensity differences to amplify."""
     input: Literal["completion", "prompt_completion"] = "completion"
     """What lexicon and classifier judge: the completion alone, or the prompt followed by the completion."""
     function: str | None = None

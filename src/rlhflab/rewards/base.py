@@ -21,7 +21,8 @@ class Reward(Protocol):
 
 
 class CompositeReward:
-    """score = Σ_c weight_c · component_c(prompts, completions), each component logged as reward/<name>."""
+    """score = Σ_c weight_c · min(component_c(prompts, completions), cap_c), each component's own value logged as
+    reward/<name>."""
 
     def __init__(self, components: list[tuple[RewardComponent, Judge]]):
         self.components = components
@@ -42,7 +43,8 @@ class CompositeReward:
                         f"prompt={prompts[i]!r} completion={completions[i]!r}"
                     )
             parts[spec.name] = torch.tensor(values, dtype=torch.float32)
-            total = total + spec.weight * parts[spec.name]
+            counted = parts[spec.name] if spec.cap is None else parts[spec.name].clamp(max=spec.cap)
+            total = total + spec.weight * counted
         return total, parts
 
 
