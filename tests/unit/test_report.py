@@ -299,3 +299,11 @@ def test_per_prompt_table_in_html_is_escaped_once(tmp_path):
     write_report(run_dir)
     page = (run_dir / "report.html").read_text()
     assert "<td>&lt;b&gt;bold | opening&lt;/b&gt;</td>" in page and "&amp;lt;" not in page
+
+
+def test_reward_description_names_a_cap():
+    from rlhflab.reporting.describe import describe_reward
+
+    vader = {"name": "vader", "kind": "lexicon", "weight": 1.0}
+    assert describe_reward(vader) == "1 × vader (the VADER sentiment lexicon)"
+    assert describe_reward({**vader, "cap": 0.5}) == "1 × min(vader, 0.5) (the VADER sentiment lexicon)"

@@ -25,8 +25,9 @@ def describe_reward(component: dict) -> str:
         what = f"function {component['function']}"
     elif kind == "short":
         what = f"−1 for completions under {component.get('min_words', '?')} words"
-    weight = component.get("weight", 1.0)
-    return f"{weight:g} × {component.get('name', kind)} ({what})"
+    weight, name, cap = component.get("weight", 1.0), component.get("name", kind), component.get("cap")
+    counted = name if cap is None else f"min({name}, {cap:g})"  # reward.components[].cap
+    return f"{weight:g} × {counted} ({what})"
 
 
 def describe_rewards(cfg: dict, sep: str = " + ") -> str:
