@@ -118,9 +118,11 @@ FAMILIES = {
 }
 
 
-def build_family_dir(path: Path, family: str, seed: int = 0) -> Path:
-    """Save a tiny random model of ``family`` and its tokenizer into ``path``; returns ``path``."""
+def build_family_dir(path: Path, family: str, seed: int = 0, **fields_override) -> Path:
+    """Save a tiny random model of ``family`` (config fields changed by ``fields_override``) and its tokenizer into
+    ``path``; returns ``path``."""
     config_name, fields, kind = FAMILIES[family]
+    fields = {**fields, **fields_override}
     tokenizer = family_tokenizer(kind)
     ids = {
         role: tokenizer.convert_tokens_to_ids(t) if t else None

@@ -285,8 +285,12 @@ def score_rollout(
     ``hooks`` see the ``logprobs``, ``ref_logprobs`` and ``values`` phases."""
     roles, temperature, head_rows = setup.roles, cfg.rollout.temperature, cfg.train.micro_batch_size
     # whole micro-batches per pass, reduced micro-batch by micro-batch: every reduction sees the shapes the update's
-    # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0)
-    chunks = list(rollout.chunks(max(1, cfg.train.scoring_batch_size // head_rows) * head_rows))
+    # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0; in
+    # bf16 on AMX the trunk's rounding also follows the rows per pass, and the ratio is 1 to bf16's precision).
+    # Without with_logprobs the update measures the policy's side, one micro-batch a pass: the reference then passes
+    # one micro-batch at a time too, so that KL at step 1 is exactly 0 in bf16 as well (tests/integration/test_bf16_kl)
+    rows_per_pass = cfg.train.scoring_batch_size if with_logprobs else head_rows
+    chunks = list(rollout.chunks(max(1, rows_per_pass // head_rows) * head_rows))
     # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back
     values_from_policy = with_values and with_logprobs and roles.shared_trunk  # the policy pass gives the values
     from_reference = with_values and roles.critic_on_reference  # the reference pass gives the value head's states

@@ -233,9 +233,11 @@ def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prom
     import rlhflab.models.forward
     from rlhflab.algorithms.registry import ALGORITHMS
 
-    calls = []  # scoring and update passes (a plain LM head: log-probs come from the hidden states)
+    calls = []  # rows of the scoring and update passes (a plain LM head: log-probs come from the hidden states)
     response_hidden = rlhflab.models.forward.response_hidden
-    monkeypatch.setattr(rlhflab.models.forward, "response_hidden", lambda *a: calls.append(1) or response_hidden(*a))
+    monkeypatch.setattr(
+        rlhflab.models.forward, "response_hidden", lambda *a: calls.append(len(a[1])) or response_hidden(*a)
+    )
     grpo = ALGORITHMS["grpo"]
 
     def run(name, **patch):
@@ -248,7 +250,7 @@ def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prom
         assert main(argv + ["--set", "eval.enabled=false"]) == 0
         rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         timeless = [{k: v for k, v in row.items() if not k.startswith(("time/", "perf/"))} for row in rows]
-        return timeless, load_file(str(tmp_path / name / "final" / "adapter_model.safetensors")), len(calls)
+        return timeless, load_file(str(tmp_path / name / "final" / "adapter_model.safetensors")), sum(calls)
 
     deferred, deferred_weights, deferred_calls = run("deferred", defer=True)
     scored, scored_weights, scored_calls = run("scored", defer=False)
@@ -258,8 +260,9 @@ def test_grpo_first_epoch_old_logprobs_equal_a_scoring_pass(tiny_model_dir, prom
     assert deferred == scored
     assert deferred_weights.keys() == scored_weights.keys()
     assert all(torch.equal(deferred_weights[k], scored_weights[k]) for k in scored_weights)
-    # per step, 8 rows: one scoring forward (8 rows per pass) fewer; generation and the rest are the same
-    assert scored_calls - deferred_calls == 2
+    # per step, 8 rows: the policy's scoring pass over them is gone (the reference's rows pass in micro-batches
+    # instead of one scoring pass, as many rows); generation and the rest are the same
+    assert scored_calls - deferred_calls == 2 * 8
 
 
 def test_grpo_with_the_audit_options_through_the_cli(tiny_model_dir, prompts_file, tmp_path):
