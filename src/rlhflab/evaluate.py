@@ -19,6 +19,7 @@ import json
 import math
 import textwrap
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,13 +211,22 @@ def evaluate_run(
     return summary
 
 
-def format_table(before: list[dict], after: list[dict], width: int = 100) -> str:
+def format_table(before: list[dict], after: list[dict], width: int = 100, samples_per_prompt: int = 2) -> str:
+    """Each held-out prompt's first ``samples_per_prompt`` completions before and after (the rest are in the jsonl
+    files and the per-prompt table: 208 completions made 624 lines on a terminal)."""
     lines = ["", f"{'held-out prompt':<56} {'before':>8} {'after':>8}", "-" * 74]
+    shown = Counter()
     for b, a in zip(before, after):
+        shown[b["prompt"]] += 1
+        if shown[b["prompt"]] > samples_per_prompt:
+            continue
         lines.append(f"{b['prompt'][:56]:<56} {b['score']:>+8.2f} {a['score']:>+8.2f}")
         for label, row in (("before", b), ("after", a)):
             text = textwrap.shorten(row["completion"].replace("\n", " ") or "(empty)", width - 12, placeholder=" …")
             lines.append(f"    {label + ':':<8}{text}")
+    most = max(shown.values(), default=0)
+    if most > samples_per_prompt:
+        lines.append(f"(showing {samples_per_prompt} of {most} samples per prompt at most; all of them in eval/)")
     return "\n".join(lines)
 
 

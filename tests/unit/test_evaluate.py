@@ -145,3 +145,22 @@ def test_listed_prompts_get_their_own_number_of_samples(tiny_model_dir, prompts_
     cfg = build_config(preset="demo-ppo", overrides=[*sets[:-1], "eval.samples_per_listed_prompt=0"])
     rows, _ = sample_and_judge(setup, cfg, setup.reward, prompts, use_reference=True, seed=5)
     assert Counter(r["prompt"] for r in rows) == {"the movie was": 2, "i watched it": 2}
+
+
+def test_the_printed_table_shows_a_few_samples_of_each_prompt():
+    """208 held-out completions made a 624-line table on the terminal: it shows each prompt's first samples and
+    says where the rest are."""
+    from rlhflab.evaluate import format_table
+
+    def rows(prompt, n, score):
+        return [{"prompt": prompt, "completion": f" sample {i}", "score": score} for i in range(n)]
+
+    before = rows("This is the worst", 20, -0.5) + rows("The cast is", 8, 0.1)
+    after = rows("This is the worst", 20, 0.9) + rows("The cast is", 8, 0.8)
+    table = format_table(before, after, samples_per_prompt=2)
+    assert table.count("This is the worst") == 2 and table.count("The cast is") == 2
+    assert table.count("    before:") == 4 and table.count("    after:") == 4
+    assert "sample 1" in table and "sample 2" not in table
+    assert "2 of 20 samples per prompt" in table
+    # few enough samples: all shown, no note
+    assert "samples per prompt" not in format_table(before[:2], after[:2], samples_per_prompt=2)
