@@ -212,8 +212,8 @@ def evaluate_run(
 
 
 def format_table(before: list[dict], after: list[dict], width: int = 100, samples_per_prompt: int = 2) -> str:
-    """Each held-out prompt's first ``samples_per_prompt`` completions before and after (the rest are in the jsonl
-    files and the per-prompt table: 208 completions made 624 lines on a terminal)."""
+    """Each held-out prompt's first ``samples_per_prompt`` completions before and after; the per-prompt table and
+    the jsonl files hold the rest (all 208 of the SmolLM2 presets made 624 lines on a terminal)."""
     lines = ["", f"{'held-out prompt':<56} {'before':>8} {'after':>8}", "-" * 74]
     shown = Counter()
     for b, a in zip(before, after):
@@ -226,7 +226,7 @@ def format_table(before: list[dict], after: list[dict], width: int = 100, sample
             lines.append(f"    {label + ':':<8}{text}")
     most = max(shown.values(), default=0)
     if most > samples_per_prompt:
-        lines.append(f"(showing {samples_per_prompt} of {most} samples per prompt at most; all of them in eval/)")
+        lines.append(f"(showing {samples_per_prompt} of {most} samples per prompt at most)")  # where all are: below
     return "\n".join(lines)
 
 

@@ -287,8 +287,8 @@ def score_rollout(
     # whole micro-batches per pass, reduced micro-batch by micro-batch: every reduction sees the shapes the update's
     # passes will, so old logprobs equal the first update's logprobs bit for bit (ratio = 1 exactly at step 0; in
     # bf16 on AMX the trunk's rounding also follows the rows per pass, and the ratio is 1 to bf16's precision).
-    # Without with_logprobs the update measures the policy's side, one micro-batch a pass: the reference then passes
-    # one micro-batch at a time too, so that KL at step 1 is exactly 0 in bf16 as well (tests/integration/test_bf16_kl)
+    # Without with_logprobs the update measures the policy's side a micro-batch a pass, so the reference passes a
+    # micro-batch at a time too: KL at step 1 is then exactly 0 in bf16 as well (tests/integration/test_bf16_kl.py)
     rows_per_pass = cfg.train.scoring_batch_size if with_logprobs else head_rows
     chunks = list(rollout.chunks(max(1, rows_per_pass // head_rows) * head_rows))
     # one role at a time: switching adapters walks every LoRA layer, so each role's passes run back to back

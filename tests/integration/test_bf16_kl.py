@@ -1,9 +1,9 @@
-"""KL to the starting model is exactly 0 at step 1 in bf16 too. On a CPU with AMX or AVX512-BF16 (and on GPUs) a bf16
-matrix product's rounding depends on how many rows a pass holds: at SmolLM2's width 576, one pass of 16 rows and two
-of 8 disagree in the last bit (measured). GRPO and RLOO take the policy's old log-probs from the update's first epoch
-(micro-batches), so the reference must be scored in micro-batches too; scored 16 rows at a time, `smollm2-grpo`'s
-step-1 KL read -5e-6 instead of 0 on such a CPU. Where bf16 products do not depend on the rows (AVX2: emulated), this
-test passes either way."""
+"""KL to the starting model is exactly 0 at step 1 in bf16 too. On a CPU with AMX (measured on a Xeon) a bf16 matrix
+product's rounding depends on how many rows a pass holds: at SmolLM2's width 576, one pass of 16 rows and two of 8
+disagree in the last bit. GRPO takes the policy's old log-probs from the update's first epoch (micro-batches), so the
+reference must be scored in micro-batches too; scored 16 rows at a time, `smollm2-grpo`'s step-1 KL read -5e-6
+instead of 0 there. RLOO and PPO score both sides in the same passes. Where bf16 products do not depend on the rows
+(AVX2: emulated), this test passes either way."""
 
 from __future__ import annotations
 
